@@ -1,0 +1,46 @@
+"""`check-config`: the effective configuration, as TOML a user could paste back."""
+
+import os
+
+from pgpool_anycast_hook.config import Config, load_config, resolve_main_file
+from pgpool_anycast_hook.pgpool_conf import read_pgpool_conf
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml_value(str(v)) for v in value) + "]"
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
+
+
+def config_report(explicit: str | None) -> str:
+    config = load_config(explicit)
+    main_file, _ = resolve_main_file(explicit)
+    settings = read_pgpool_conf(config.pgpool_conf)
+    status_file = config.status_file or settings.status_file
+    lines = [f"# main file: {main_file}" + ("" if main_file.is_file() else " (absent: defaults)")]
+    lines += [f"# read: {source}" for source in config.sources]
+    for key in Config._fields:
+        if key != "sources":
+            lines.append(f"{key} = {_toml_value(getattr(config, key))}")
+    lines.append("")
+    lines.append(
+        f"# pgpool.conf: {settings.path}" + ("" if settings.found else " (not found: defaults)")
+    )
+    lines.append(
+        f"# pgpool_status: {status_file}"
+        + (" (status_file)" if config.status_file else " (work_dir/logdir)")
+        + ("" if os.path.exists(status_file) else " (absent now)")
+    )
+    lines.append(
+        f"# pgpool port: {settings.port}, pid file: {settings.pid_file}, "
+        f"backends: {settings.num_backends}"
+    )
+    lines.append(f"# lock file: {config.lock_path}")
+    if not config.addresses:
+        lines.append("# no addresses configured: add/del/clean change nothing")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,61 @@
+"""The operator's maintenance hold: a small file in state_dir.
+
+While it exists the addresses stay withdrawn across restarts, reboots and
+failback events; `add`, `reconcile` and `check` respect it. It lives in state_dir
+(not /run) so that a reboot does not lift it.
+"""
+
+import json
+import os
+import time
+from typing import NamedTuple
+
+HOLD_FILE = "hold"
+
+
+class Hold(NamedTuple):
+    reason: str
+    since: str  # UTC, ISO 8601
+    by: str
+
+
+def hold_path(state_dir: str) -> str:
+    return os.path.join(state_dir, HOLD_FILE)
+
+
+def read_hold(state_dir: str) -> Hold | None:
+    """The hold, or None. An unreadable or garbled hold file still counts as a hold."""
+    path = hold_path(state_dir)
+    if not os.path.lexists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+        return Hold(
+            str(data.get("reason", "")), str(data.get("since", "")), str(data.get("by", ""))
+        )
+    except (OSError, ValueError, AttributeError) as error:
+        return Hold(f"unreadable hold file ({error})", "", "")
+
+
+def write_hold(state_dir: str, reason: str, by: str) -> Hold:
+    hold = Hold(reason, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), by)
+    path = hold_path(state_dir)
+    temporary = f"{path}.tmp.{os.getpid()}"
+    with open(temporary, "w", encoding="utf-8") as handle:
+        json.dump(hold._asdict(), handle)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.chmod(temporary, 0o664)
+    os.replace(temporary, path)
+    return hold
+
+
+def clear_hold(state_dir: str) -> bool:
+    """Remove the hold; True if there was one."""
+    try:
+        os.unlink(hold_path(state_dir))
+        return True
+    except FileNotFoundError:
+        return False

@@ -1,0 +1,123 @@
+"""One run of `add`, `del` or `clean`: read, decide, apply, log.
+
+The order is fixed: load the configuration, arm the deadline, (for `add
+--wait-ready`) wait for pgpool to listen, take the run lock, read pgpool's state,
+decide (decision.py, pure), apply (addresses.py or pgpool_status.py), and write the
+one log line. Every failure becomes an exit code from errors.py.
+"""
+
+from pgpool_anycast_hook import addresses, pgpool_status
+from pgpool_anycast_hook.config import SYSLOG_FACILITIES, Config, load_config
+from pgpool_anycast_hook.deadline import arm_deadline
+from pgpool_anycast_hook.decision import (
+    Decision,
+    HookEvent,
+    Outcome,
+    PgpoolState,
+    Verb,
+    decide,
+    deciding_primary,
+)
+from pgpool_anycast_hook.errors import ExitCode, HookError, NotReady, PermissionDenied
+from pgpool_anycast_hook.hold import read_hold
+from pgpool_anycast_hook.hook_argv import HookArgs
+from pgpool_anycast_hook.pgpool_conf import read_pgpool_conf
+from pgpool_anycast_hook.pgpool_process import wait_until_listening
+from pgpool_anycast_hook.run_lock import run_lock
+from pgpool_anycast_hook.run_log import SEVERITY_ERR, SEVERITY_INFO, SEVERITY_WARNING, RunLog
+
+
+def status_file_path(config: Config) -> tuple[str, int]:
+    """Where pgpool keeps pgpool_status, and how many backends it has configured."""
+    settings = read_pgpool_conf(config.pgpool_conf)
+    return config.status_file or settings.status_file, settings.num_backends
+
+
+def read_state(config: Config, event: HookEvent, log: RunLog) -> PgpoolState:
+    """pgpool's view of the primary, and the hold; only what the verb needs."""
+    if event.verb is Verb.DEL:
+        return PgpoolState(primary_usable=True, hold=False)
+    primary = deciding_primary(event, config.primary_node_id)
+    path, num_backends = status_file_path(config)
+    status = pgpool_status.read_status_file(path, max(num_backends, primary + 1))
+    log.set(status=status.summary())
+    if status.note:
+        log.set(status_note=status.note)
+    hold = event.verb is Verb.ADD and read_hold(config.state_dir) is not None
+    return PgpoolState(primary_usable=status.node_usable(primary), hold=hold)
+
+
+def apply(config: Config, decision: Decision, dry_run: bool, log: RunLog) -> None:
+    if decision.outcome is Outcome.ANNOUNCE:
+        changed = addresses.ensure_present(config.interface, config.addresses, dry_run)
+        log.set(changed=",".join(f"+{a}" for a in changed) or "none")
+    elif decision.outcome is Outcome.WITHDRAW:
+        changed = addresses.ensure_absent(config.interface, config.addresses, dry_run)
+        log.set(changed=",".join(f"-{a}" for a in changed) or "none")
+    elif decision.outcome is Outcome.SET_ASIDE_STATUS:
+        path, _ = status_file_path(config)
+        if dry_run:
+            log.set(changed=f"would-move:{path}")
+        else:
+            try:
+                log.set(changed=f"moved:{path}->{pgpool_status.set_aside(path)}")
+            except FileNotFoundError:
+                log.set(changed="none", note="pgpool_status vanished before it was moved")
+            except PermissionError as error:
+                raise PermissionDenied(f"cannot move {path} aside: {error.strerror}") from None
+            except OSError as error:
+                raise HookError(f"cannot move {path} aside: {error.strerror}") from None
+    else:
+        log.set(changed="none")
+
+
+def run_hook(args: HookArgs) -> int:
+    event = HookEvent(Verb(args.verb), args.node, args.old_primary)
+    log = RunLog(action=args.verb, node=args.node)
+    if args.old_primary is not None:
+        log.set(old_primary=args.old_primary)
+    try:
+        config = load_config(args.config_path)
+        log.syslog_address = config.syslog_address
+        log.facility = SYSLOG_FACILITIES[config.syslog_facility]
+        arm_deadline(
+            config.deadline + args.wait_ready,
+            lambda: log.emit(SEVERITY_ERR, result="deadline", exit=int(ExitCode.TEMPFAIL)),
+        )
+        if not config.addresses:
+            decision = decide(event, False, config.primary_node_id, PgpoolState(True, False))
+            log.set(decision=decision.outcome.value, reason=decision.reason, changed="none")
+        else:
+            if args.wait_ready:
+                wait_for_pgpool(config, args.wait_ready, log)
+            with run_lock(config.lock_path, config.lock_timeout):
+                state = read_state(config, event, log)
+                decision = decide(event, True, config.primary_node_id, state)
+                log.set(decision=decision.outcome.value, reason=decision.reason)
+                apply(config, decision, args.dry_run, log)
+    except HookError as error:
+        if error.changed:
+            log.set(changed=",".join(error.changed))
+        severity = SEVERITY_WARNING if error.exit_code == ExitCode.TEMPFAIL else SEVERITY_ERR
+        log.emit(severity, result=error.result, error=str(error), exit=int(error.exit_code))
+        return int(error.exit_code)
+    except Exception as error:  # the operator gets one line, never a traceback
+        log.emit(
+            SEVERITY_ERR,
+            result="error",
+            error=f"unexpected {type(error).__name__}: {error}",
+            exit=int(ExitCode.FAILURE),
+        )
+        return int(ExitCode.FAILURE)
+    log.emit(SEVERITY_INFO, result="dry-run" if args.dry_run else "ok", exit=0)
+    return 0
+
+
+def wait_for_pgpool(config: Config, seconds: float, log: RunLog) -> None:
+    settings = read_pgpool_conf(config.pgpool_conf)
+    endpoint = wait_until_listening(settings, seconds)
+    if endpoint is None:
+        raise NotReady(
+            f"pgpool did not accept connections on port {settings.port} within {seconds:g} s"
+        )
+    log.set(ready=str(endpoint))

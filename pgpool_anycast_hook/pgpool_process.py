@@ -1,0 +1,86 @@
+"""Is the local pgpool alive, and does it accept connections?
+
+Liveness mirrors pgpool's own check of its pid file (decimal pid, then a NUL);
+readiness is a connection to its socket: `systemctl start` runs ExecStartPost as
+soon as pgpool was forked, before pgpool has read its configuration or listens.
+"""
+
+import os
+import socket
+import time
+from typing import NamedTuple
+
+from pgpool_anycast_hook.pgpool_conf import PgpoolSettings
+
+POLL_SECONDS = 0.05
+
+
+class Endpoint(NamedTuple):
+    family: int
+    address: str | tuple[str, int]
+
+    def __str__(self) -> str:
+        if isinstance(self.address, str):
+            return self.address
+        return f"{self.address[0]}:{self.address[1]}"
+
+
+def endpoints(settings: PgpoolSettings) -> list[Endpoint]:
+    """The unix socket and the first TCP address pgpool listens on."""
+    unix = os.path.join(settings.socket_dir, f".s.PGSQL.{settings.port}")
+    first = settings.listen_addresses.split(",")[0].strip()
+    host = "127.0.0.1" if first in ("", "*", "localhost", "0.0.0.0") else first
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return [Endpoint(socket.AF_UNIX, unix), Endpoint(family, (host, settings.port))]
+
+
+def accepts(endpoint: Endpoint, timeout: float) -> bool:
+    try:
+        with socket.socket(endpoint.family, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(endpoint.address)
+            return True
+    except OSError:
+        return False
+
+
+def listening(settings: PgpoolSettings, timeout: float = 0.5) -> Endpoint | None:
+    """The first endpoint that accepts a connection now, or None."""
+    for endpoint in endpoints(settings):
+        if accepts(endpoint, timeout):
+            return endpoint
+    return None
+
+
+def wait_until_listening(settings: PgpoolSettings, timeout: float) -> Endpoint | None:
+    """Poll until pgpool accepts a connection, for at most `timeout` seconds."""
+    give_up = time.monotonic() + timeout
+    for _ in range(int(timeout / POLL_SECONDS) + 2):
+        endpoint = listening(settings, timeout=min(0.5, max(0.05, give_up - time.monotonic())))
+        if endpoint is not None or time.monotonic() >= give_up:
+            return endpoint
+        time.sleep(POLL_SECONDS)
+    return None
+
+
+def read_pid_file(path: str) -> int | None:
+    """The pid pgpool wrote (digits then NUL), or None if absent or garbled."""
+    try:
+        with open(path, "rb") as handle:
+            text = handle.read(64).split(b"\0", 1)[0].strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def pgpool_alive(pid: int | None) -> bool:
+    """True if `pid` runs and is a pgpool process (pid files outlive kill -9)."""
+    if pid is None or pid <= 0:
+        return False
+    import psutil  # not needed on the add/del/clean path
+
+    try:
+        process = psutil.Process(pid)
+        return process.name() == "pgpool" and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

@@ -1,0 +1,39 @@
+#!/bin/bash
+# Install everything the tests, the benchmarks and the demo need on a Debian 12 host,
+# and (re)install this checkout into the development virtualenv.
+# Idempotent; run as root. The venv lives under /opt so that the postgres user can
+# execute it (tests run the hook as postgres, the way pgpool does).
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+venv=${PAH_VENV:-/opt/pgpool-anycast-hook-dev}
+stamp=/var/lib/pgpool-anycast-hook-dev.apt-stamp
+
+apt_packages=(
+    # the hook's runtime dependencies, as Debian ships them (the .deb's Depends)
+    python3 python3-venv python3-pip python3-click python3-pyroute2 python3-psutil
+    # real components the tests drive
+    iproute2 procps util-linux libcap2-bin pgpool2 postgresql postgresql-contrib frr
+    debootstrap systemd-container zstd
+    # building and checking the .deb
+    debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools
+    python3-wheel lintian devscripts fakeroot
+    # benchmarks
+    hyperfine bsdextrautils
+)
+if [ ! -e "$stamp" ] || [ "$(cat "$stamp")" != "${apt_packages[*]}" ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${apt_packages[@]}" >/dev/null
+    # Debian starts these on install; the tests start their own instances.
+    for svc in pgpool2 postgresql frr; do
+        if [ -x "/etc/init.d/$svc" ]; then "/etc/init.d/$svc" stop >/dev/null 2>&1 || true; fi
+    done
+    echo "${apt_packages[*]}" > "$stamp"
+fi
+
+if [ ! -x "$venv/bin/python" ]; then
+    /usr/bin/python3 -m venv --system-site-packages "$venv"
+fi
+"$venv/bin/pip" install -q --disable-pip-version-check pytest hypothesis ruff mypy
+"$venv/bin/pip" install -q --disable-pip-version-check --no-deps --no-build-isolation --force-reinstall "$here"
+chmod -R a+rX "$venv"
