@@ -74,6 +74,8 @@ def interface_index(name: str) -> int:
 
 def _translate(code: int, action: str, address: Address, interface: str) -> HookError:
     """One place that turns a netlink error into the operator's message and exit code."""
+    if code == errno.EACCES and address.version == 6:
+        return HookError(f"cannot {action} {address} on {interface}: IPv6 is disabled there")
     if code in (errno.EPERM, errno.EACCES):
         return PermissionDenied(
             f"cannot {action} {address} on {interface}: permission denied "

@@ -10,7 +10,6 @@ import ipaddress
 import os
 import tomllib
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, NamedTuple
 
 from pgpool_anycast_hook.errors import ConfigError
@@ -154,18 +153,21 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
 }
 
 
-def config_files(main_file: Path) -> list[Path]:
+def config_files(main_file: str) -> list[str]:
     """The main file (if present) and its sibling conf.d/*.toml, in merge order."""
-    files = [main_file] if main_file.is_file() else []
-    conf_d = main_file.parent / "conf.d"
-    if conf_d.is_dir():
-        files.extend(sorted(p for p in conf_d.glob("*.toml") if p.is_file()))
+    files = [main_file] if os.path.isfile(main_file) else []
+    conf_d = os.path.join(os.path.dirname(main_file), "conf.d")
+    try:
+        names = sorted(n for n in os.listdir(conf_d) if n.endswith(".toml"))
+    except OSError:
+        names = []
+    files.extend(p for p in (os.path.join(conf_d, n) for n in names) if os.path.isfile(p))
     return files
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def _read_toml(path: str) -> dict[str, Any]:
     try:
-        with path.open("rb") as handle:
+        with open(path, "rb") as handle:
             return tomllib.load(handle)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: not valid TOML: {error}") from None
@@ -187,21 +189,21 @@ def validate(settings: dict[str, Any], source: str) -> dict[str, Any]:
     return typed
 
 
-def resolve_main_file(explicit: str | None) -> tuple[Path, bool]:
+def resolve_main_file(explicit: str | None) -> tuple[str, bool]:
     """Which main file to read, and whether the user asked for it by name."""
     chosen = explicit or os.environ.get(CONFIG_ENV) or ""
     if chosen:
-        return Path(chosen), True
-    return Path(DEFAULT_CONFIG), False
+        return chosen, True
+    return DEFAULT_CONFIG, False
 
 
 def load_config(explicit: str | None = None) -> Config:
     """Read, merge and validate the configuration."""
     main_file, named = resolve_main_file(explicit)
-    if named and not main_file.is_file():
+    if named and not os.path.isfile(main_file):
         raise ConfigError(f"{main_file}: configuration file not found")
     merged: dict[str, Any] = {}
     files = config_files(main_file)
     for path in files:
-        merged.update(validate(_read_toml(path), str(path)))
-    return Config(**merged, sources=tuple(str(p) for p in files))
+        merged.update(validate(_read_toml(path), path))
+    return Config(**merged, sources=tuple(files))

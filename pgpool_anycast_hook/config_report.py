@@ -22,7 +22,8 @@ def config_report(explicit: str | None) -> str:
     main_file, _ = resolve_main_file(explicit)
     settings = read_pgpool_conf(config.pgpool_conf)
     status_file = config.status_file or settings.status_file
-    lines = [f"# main file: {main_file}" + ("" if main_file.is_file() else " (absent: defaults)")]
+    absent = "" if os.path.isfile(main_file) else " (absent: defaults)"
+    lines = [f"# main file: {main_file}{absent}"]
     lines += [f"# read: {source}" for source in config.sources]
     for key in Config._fields:
         if key != "sources":

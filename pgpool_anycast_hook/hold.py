@@ -5,7 +5,6 @@ failback events; `add`, `reconcile` and `check` respect it. It lives in state_di
 (not /run) so that a reboot does not lift it.
 """
 
-import json
 import os
 import time
 from typing import NamedTuple
@@ -28,6 +27,8 @@ def read_hold(state_dir: str) -> Hold | None:
     path = hold_path(state_dir)
     if not os.path.lexists(path):
         return None
+    import json  # only when a hold file exists
+
     try:
         with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
@@ -39,6 +40,8 @@ def read_hold(state_dir: str) -> Hold | None:
 
 
 def write_hold(state_dir: str, reason: str, by: str) -> Hold:
+    import json
+
     hold = Hold(reason, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), by)
     path = hold_path(state_dir)
     temporary = f"{path}.tmp.{os.getpid()}"

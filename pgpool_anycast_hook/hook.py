@@ -6,7 +6,7 @@ decide (decision.py, pure), apply (addresses.py or pgpool_status.py), and write 
 one log line. Every failure becomes an exit code from errors.py.
 """
 
-from pgpool_anycast_hook import addresses, pgpool_status
+from pgpool_anycast_hook import addresses
 from pgpool_anycast_hook.config import SYSLOG_FACILITIES, Config, load_config
 from pgpool_anycast_hook.deadline import arm_deadline
 from pgpool_anycast_hook.decision import (
@@ -19,24 +19,30 @@ from pgpool_anycast_hook.decision import (
     deciding_primary,
 )
 from pgpool_anycast_hook.errors import ExitCode, HookError, NotReady, PermissionDenied
-from pgpool_anycast_hook.hold import read_hold
 from pgpool_anycast_hook.hook_argv import HookArgs
-from pgpool_anycast_hook.pgpool_conf import read_pgpool_conf
-from pgpool_anycast_hook.pgpool_process import wait_until_listening
 from pgpool_anycast_hook.run_lock import run_lock
 from pgpool_anycast_hook.run_log import SEVERITY_ERR, SEVERITY_INFO, SEVERITY_WARNING, RunLog
 
 
 def status_file_path(config: Config) -> tuple[str, int]:
     """Where pgpool keeps pgpool_status, and how many backends it has configured."""
+    from pgpool_anycast_hook.pgpool_conf import read_pgpool_conf
+
     settings = read_pgpool_conf(config.pgpool_conf)
     return config.status_file or settings.status_file, settings.num_backends
 
 
 def read_state(config: Config, event: HookEvent, log: RunLog) -> PgpoolState:
-    """pgpool's view of the primary, and the hold; only what the verb needs."""
+    """pgpool's view of the primary, and the hold; only what the verb needs.
+
+    `del` needs neither, and skips importing the readers: it is the withdrawal
+    path, where every millisecond counts (see addresses.py).
+    """
     if event.verb is Verb.DEL:
         return PgpoolState(primary_usable=True, hold=False)
+    from pgpool_anycast_hook import pgpool_status
+    from pgpool_anycast_hook.hold import read_hold
+
     primary = deciding_primary(event, config.primary_node_id)
     path, num_backends = status_file_path(config)
     status = pgpool_status.read_status_file(path, max(num_backends, primary + 1))
@@ -55,6 +61,8 @@ def apply(config: Config, decision: Decision, dry_run: bool, log: RunLog) -> Non
         changed = addresses.ensure_absent(config.interface, config.addresses, dry_run)
         log.set(changed=",".join(f"-{a}" for a in changed) or "none")
     elif decision.outcome is Outcome.SET_ASIDE_STATUS:
+        from pgpool_anycast_hook import pgpool_status
+
         path, _ = status_file_path(config)
         if dry_run:
             log.set(changed=f"would-move:{path}")
@@ -95,6 +103,9 @@ def run_hook(args: HookArgs) -> int:
                 decision = decide(event, True, config.primary_node_id, state)
                 log.set(decision=decision.outcome.value, reason=decision.reason)
                 apply(config, decision, args.dry_run, log)
+                # Log while still holding the lock: the order of the lines is the
+                # order in which the runs changed the addresses.
+                log.emit(SEVERITY_INFO, result="dry-run" if args.dry_run else "ok", exit=0)
     except HookError as error:
         if error.changed:
             log.set(changed=",".join(error.changed))
@@ -114,6 +125,9 @@ def run_hook(args: HookArgs) -> int:
 
 
 def wait_for_pgpool(config: Config, seconds: float, log: RunLog) -> None:
+    from pgpool_anycast_hook.pgpool_conf import read_pgpool_conf
+    from pgpool_anycast_hook.pgpool_process import wait_until_listening
+
     settings = read_pgpool_conf(config.pgpool_conf)
     endpoint = wait_until_listening(settings, seconds)
     if endpoint is None:

@@ -24,7 +24,7 @@ DEFAULT_PCP_PORT = 9898
 MAX_INCLUDE_DEPTH = 10
 
 _LINE = re.compile(r"""^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=?\s*('((?:[^'\\]|\\.|'')*)'|[^\s#]*)""")
-_BACKEND_KEY = re.compile(r"^backend_(?:hostname|port|data_directory)(\d+)$")
+_BACKEND_PORT = re.compile(r"^backend_port(\d+)$")
 
 
 class PgpoolSettings(NamedTuple):
@@ -87,12 +87,11 @@ def read_pgpool_conf(path: str) -> PgpoolSettings:
         last[name] = value
         if name in ("work_dir", "logdir") and value:
             work_dir = value
-        backend = _BACKEND_KEY.match(name)
+        backend = _BACKEND_PORT.match(name)
         if backend:
             backends.add(int(backend.group(1)))
-    for index in list(backends):
-        if last.get(f"backend_port{index}") == "0":
-            backends.discard(index)
+    # pgpool counts a backend slot only when its port is set and not 0.
+    backends = {i for i in backends if _int(last.get(f"backend_port{i}"), 0) != 0}
     pid_file = last.get("pid_file_name") or DEBIAN_DEFAULT_PID_FILE
     if not pid_file.startswith("/"):
         pid_file = os.path.join(os.path.dirname(path), pid_file)

@@ -3,13 +3,14 @@
 pgpool (read_status_file(), the same from 4.1 to 4.7) reads the file like this:
 
 - unreadable or absent: every configured node starts up;
-- exactly 512 bytes readable and the first num_backends native ints all 1, 2 or 3:
-  the pre-3.4 binary record; 3 is down, 1 and 2 are up;
+- 512 bytes readable and the first num_backends native ints all 1, 2 or 3:
+  the pre-3.4 binary record; 3 is down, 1 and 2 are up (the file is reopened and
+  read as text otherwise);
 - otherwise text, read with fgets() into a 9-byte buffer, so a line longer than
   8 characters is split into several records, each counting as the next node;
   a record is up when it starts with "up" in any case (the rest is ignored);
   "down", "unused" and anything else leave the node out;
-- if no record is up the file is "bogus" and every node starts up.
+- if no node is up the file is "bogus" and every configured node starts up.
 
 A primary that this rule reads as not up is never used again by pgpool until
 someone runs pcp_attach_node. `clean` therefore moves such a file aside (never
@@ -39,11 +40,12 @@ class PgpoolStatus(NamedTuple):
     records: tuple[bytes, ...]  # text: fgets records; binary: str(int) per node
     up: tuple[bool, ...]  # per record, before the "bogus file" rule
     note: str = ""  # why the file counts as absent (permission, ...)
+    probe_woke: bool = False  # a rejected binary probe already saw an up value (see below)
 
     @property
     def bogus(self) -> bool:
-        """No record is up: pgpool then brings every node up."""
-        return self.format is StatusFormat.TEXT and not any(self.up)
+        """No node is up: pgpool then brings every configured node up."""
+        return self.format is not StatusFormat.ABSENT and not any(self.up) and not self.probe_woke
 
     def node_usable(self, node: int) -> bool:
         """Would pgpool, starting now, use backend `node`?"""
@@ -55,9 +57,13 @@ class PgpoolStatus(NamedTuple):
         """What the file held, short enough for a log line."""
         if self.format is StatusFormat.ABSENT:
             return "absent"
-        shown = [r.decode("ascii", "backslashreplace").strip() or "''" for r in self.records]
+        shown = [_printable(r.rstrip(b"\n")) or "''" for r in self.records]
         text = ",".join(shown[:limit]) + (",..." if len(shown) > limit else "")
         return f"binary:{text}" if self.format is StatusFormat.BINARY else text
+
+
+def _printable(record: bytes) -> str:
+    return "".join(chr(b) if 32 < b < 127 else f"\\x{b:02x}" for b in record)
 
 
 def fgets_records(data: bytes) -> list[bytes]:
@@ -72,22 +78,30 @@ def fgets_records(data: bytes) -> list[bytes]:
     return records
 
 
-def binary_statuses(data: bytes, num_backends: int) -> list[int] | None:
-    """The legacy record's statuses, or None when pgpool would read `data` as text."""
+def binary_probe(data: bytes, num_backends: int) -> tuple[list[int] | None, bool]:
+    """The legacy record's statuses (None: pgpool reads `data` as text), and whether
+    the probe saw an up value before giving up.
+
+    pgpool's probe walks the first num_backends ints and stops at the first one
+    that is not 1, 2 or 3; the "someone is up" flag it set on the way survives
+    into the text parse, so even a rejected probe can switch off the bogus rule.
+    """
     if len(data) < BINARY_RECORD_SIZE:
-        return None
+        return None, False
     values = struct.unpack(f"={MAX_BACKENDS}i", data[:BINARY_RECORD_SIZE])  # host byte order
-    checked = values[: min(num_backends, MAX_BACKENDS)]
-    if any(v not in (1, 2, 3) for v in checked):
-        return None
-    return list(checked)
+    woke = False
+    for value in values[: min(num_backends, MAX_BACKENDS)]:
+        if value not in (1, 2, 3):
+            return None, woke
+        woke = woke or value in (1, 2)
+    return list(values[: min(num_backends, MAX_BACKENDS)]), woke
 
 
 def parse_status(data: bytes | None, num_backends: int) -> PgpoolStatus:
     """pgpool's reading of a status file's bytes (None: absent or unreadable)."""
     if data is None:
         return PgpoolStatus(StatusFormat.ABSENT, (), ())
-    binary = binary_statuses(data, num_backends)
+    binary, woke = binary_probe(data, num_backends)
     if binary is not None:
         return PgpoolStatus(
             StatusFormat.BINARY,
@@ -95,9 +109,8 @@ def parse_status(data: bytes | None, num_backends: int) -> PgpoolStatus:
             tuple(v in (1, 2) for v in binary),
         )
     records = fgets_records(data)
-    return PgpoolStatus(
-        StatusFormat.TEXT, tuple(records), tuple(r[:2].lower() == b"up" for r in records)
-    )
+    up = tuple(r[:2].lower() == b"up" for r in records)
+    return PgpoolStatus(StatusFormat.TEXT, tuple(records), up, probe_woke=woke)
 
 
 def read_status_file(path: str, num_backends: int) -> PgpoolStatus:
