@@ -12,7 +12,7 @@ import click
 
 from pgpool_anycast_hook import __version__
 from pgpool_anycast_hook.errors import ExitCode, HookError, UsageError
-from pgpool_anycast_hook.hook_argv import HookArgs, parse_verb_args
+from pgpool_anycast_hook.hook_argv import HookArgs, parse_node_id, parse_verb_args
 
 EXIT_CODES_HELP = """\b
 Exit status:
@@ -44,6 +44,7 @@ see `check-config` and pgpool-anycast-hook(8).
 _RAW = {
     "ignore_unknown_options": True,
     "allow_extra_args": True,
+    "allow_interspersed_args": False,  # options after NODE_ID are arguments, as in hook_argv
     "help_option_names": ["--help", "-h"],
 }
 
@@ -146,6 +147,125 @@ def check_config(ctx: click.Context) -> None:
     except HookError as error:
         click.echo(f"pgpool-anycast-hook: {error}", err=True)
         ctx.exit(int(error.exit_code))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print stable JSON keys instead of a table.")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Show the addresses, pgpool, pgpool_status, the hold and the desired state.
+
+    Exit 0 when the addresses match the desired state, 1 when they drift.
+    Changes nothing and writes no log line.
+    """
+    from pgpool_anycast_hook import status_report
+    from pgpool_anycast_hook.config import load_config
+    from pgpool_anycast_hook.health_check import load_state, state_path
+    from pgpool_anycast_hook.observation import observe
+
+    options: Options = ctx.obj
+    try:
+        config = load_config(options.config_path)
+        check = load_state(state_path(config))
+        data = status_report.report(
+            config, observe(config), None if check.health.value == "INIT" else check
+        )
+    except HookError as error:
+        click.echo(f"pgpool-anycast-hook: {error}", err=True)
+        ctx.exit(int(error.exit_code))
+    click.echo(status_report.as_json(data) if as_json else status_report.as_table(data), nl=False)
+    ctx.exit(status_report.exit_code(data))
+
+
+@cli.command()
+@click.pass_context
+def reconcile(ctx: click.Context) -> None:
+    """Announce or withdraw so that the addresses match the desired state.
+
+    Desired: present iff addresses are configured, no hold is set, pgpool is
+    alive and accepts connections, and pgpool_status lets pgpool use the primary.
+    Wire it to ExecStartPre (removes leftovers of an unclean stop).
+    """
+    from pgpool_anycast_hook.logged_run import run_logged
+    from pgpool_anycast_hook.reconcile import reconcile as run
+
+    options: Options = ctx.obj
+    ctx.exit(run_logged("reconcile", options.config_path,
+                        lambda config, log: run(config, options.dry_run, log)))  # fmt: skip
+
+
+@cli.command()
+@click.option("--reason", default="", metavar="TEXT", help="Why; shown by `status`.")
+@click.pass_context
+def disable(ctx: click.Context, reason: str) -> None:
+    """Set the maintenance hold and withdraw; it lasts until `enable`.
+
+    The hold is a file in state_dir, so it survives pgpool restarts and reboots;
+    add, reconcile and check leave the addresses withdrawn while it is set.
+    """
+    from pgpool_anycast_hook.logged_run import run_logged
+    from pgpool_anycast_hook.reconcile import disable as run
+
+    options: Options = ctx.obj
+    ctx.exit(run_logged("disable", options.config_path,
+                        lambda config, log: run(config, reason, options.dry_run, log)))  # fmt: skip
+
+
+@cli.command()
+@click.pass_context
+def enable(ctx: click.Context) -> None:
+    """Lift the maintenance hold, then reconcile."""
+    from pgpool_anycast_hook.logged_run import run_logged
+    from pgpool_anycast_hook.reconcile import enable as run
+
+    options: Options = ctx.obj
+    ctx.exit(run_logged("enable", options.config_path,
+                        lambda config, log: run(config, options.dry_run, log)))  # fmt: skip
+
+
+@cli.command()
+@click.argument("node", required=False, metavar="[NODE_ID]")
+@click.pass_context
+def drain(ctx: click.Context, node: str | None) -> None:
+    """Before a planned stop: withdraw, wait for the routers and for clients.
+
+    Waits drain_seconds, then at most drain_timeout for established
+    connections to pgpool's port to end, then returns so that systemd stops
+    pgpool. NODE_ID defaults to primary_node_id. Exit 75 if clients were still
+    connected at drain_timeout. Wire it to ExecStop.
+    """
+    from pgpool_anycast_hook.drain import drain as run
+    from pgpool_anycast_hook.drain import extra_seconds
+    from pgpool_anycast_hook.logged_run import run_logged
+
+    options: Options = ctx.obj
+    try:
+        node_id = parse_node_id(node) if node is not None else None
+    except UsageError as error:
+        raise click.UsageError(str(error), ctx) from None
+    ctx.exit(run_logged("drain", options.config_path,
+                        lambda config, log: run(config, node_id, options.dry_run, log),
+                        extra_seconds=extra_seconds))  # fmt: skip
+
+
+@cli.command()
+@click.pass_context
+def check(ctx: click.Context) -> None:
+    """For the timer: probe pgpool; withdraw after check_fall failures, announce after check_rise.
+
+    The probe needs pgpool to answer an SSLRequest within check_timeout (and,
+    with check_query, `SELECT 1` through psql). Respects the hold and
+    pgpool_status. Logs only when the state or the addresses change.
+    Exit 0 when pgpool answered, 1 when it did not.
+    """
+    from pgpool_anycast_hook.health_check import run_check
+    from pgpool_anycast_hook.logged_run import run_logged
+
+    options: Options = ctx.obj
+    ctx.exit(run_logged("check", options.config_path,
+                        lambda config, log: run_check(config, options.dry_run, log),
+                        extra_seconds=lambda config: 2 * config.check_timeout,
+                        quiet_unchanged=True))  # fmt: skip
 
 
 def run_cli(argv: list[str]) -> int:

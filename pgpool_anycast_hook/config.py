@@ -45,6 +45,7 @@ class Config(NamedTuple):
     check_query: bool = False
     check_rise: int = 2
     check_fall: int = 3
+    serving_route: bool = False
     sources: tuple[str, ...] = ()  # files that were read, for check-config
 
     @property
@@ -150,6 +151,7 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "check_query": _flag,
     "check_rise": _count,
     "check_fall": _count,
+    "serving_route": _flag,
 }
 
 

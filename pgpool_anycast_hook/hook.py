@@ -1,14 +1,14 @@
 """One run of `add`, `del` or `clean`: read, decide, apply, log.
 
-The order is fixed: load the configuration, arm the deadline, (for `add
---wait-ready`) wait for pgpool to listen, take the run lock, read pgpool's state,
-decide (decision.py, pure), apply (addresses.py or pgpool_status.py), and write the
-one log line. Every failure becomes an exit code from errors.py.
+The order is fixed: load the configuration and arm the deadline (logged_run.py),
+(for `add --wait-ready`) wait for pgpool to listen, take the run lock, read
+pgpool's state, decide (decision.py, pure), apply (announcement.py or
+pgpool_status.py), and write the one log line. Every failure becomes an exit code
+from errors.py.
 """
 
-from pgpool_anycast_hook import addresses
-from pgpool_anycast_hook.config import SYSLOG_FACILITIES, Config, load_config
-from pgpool_anycast_hook.deadline import arm_deadline
+from pgpool_anycast_hook import announcement
+from pgpool_anycast_hook.config import Config
 from pgpool_anycast_hook.decision import (
     Decision,
     HookEvent,
@@ -18,10 +18,11 @@ from pgpool_anycast_hook.decision import (
     decide,
     deciding_primary,
 )
-from pgpool_anycast_hook.errors import ExitCode, HookError, NotReady, PermissionDenied
+from pgpool_anycast_hook.errors import HookError, NotReady, PermissionDenied
 from pgpool_anycast_hook.hook_argv import HookArgs
+from pgpool_anycast_hook.logged_run import run_logged
 from pgpool_anycast_hook.run_lock import run_lock
-from pgpool_anycast_hook.run_log import SEVERITY_ERR, SEVERITY_INFO, SEVERITY_WARNING, RunLog
+from pgpool_anycast_hook.run_log import SEVERITY_INFO, RunLog
 
 
 def status_file_path(config: Config) -> tuple[str, int]:
@@ -55,11 +56,11 @@ def read_state(config: Config, event: HookEvent, log: RunLog) -> PgpoolState:
 
 def apply(config: Config, decision: Decision, dry_run: bool, log: RunLog) -> None:
     if decision.outcome is Outcome.ANNOUNCE:
-        changed = addresses.ensure_present(config.interface, config.addresses, dry_run)
-        log.set(changed=",".join(f"+{a}" for a in changed) or "none")
+        # announcement.py adds the serving routes (serving_route) before the addresses.
+        log.set(changed=announcement.changed_field(announcement.announce(config, dry_run)))
     elif decision.outcome is Outcome.WITHDRAW:
-        changed = addresses.ensure_absent(config.interface, config.addresses, dry_run)
-        log.set(changed=",".join(f"-{a}" for a in changed) or "none")
+        # ... and removes the addresses before the serving routes.
+        log.set(changed=announcement.changed_field(announcement.withdraw(config, dry_run)))
     elif decision.outcome is Outcome.SET_ASIDE_STATUS:
         from pgpool_anycast_hook import pgpool_status
 
@@ -81,47 +82,30 @@ def apply(config: Config, decision: Decision, dry_run: bool, log: RunLog) -> Non
 
 def run_hook(args: HookArgs) -> int:
     event = HookEvent(Verb(args.verb), args.node, args.old_primary)
-    log = RunLog(action=args.verb, node=args.node)
-    if args.old_primary is not None:
-        log.set(old_primary=args.old_primary)
-    try:
-        config = load_config(args.config_path)
-        log.syslog_address = config.syslog_address
-        log.facility = SYSLOG_FACILITIES[config.syslog_facility]
-        arm_deadline(
-            config.deadline + args.wait_ready,
-            lambda: log.emit(SEVERITY_ERR, result="deadline", exit=int(ExitCode.TEMPFAIL)),
-        )
+
+    def body(config: Config, log: RunLog) -> int:
         if not config.addresses:
             decision = decide(event, False, config.primary_node_id, PgpoolState(True, False))
             log.set(decision=decision.outcome.value, reason=decision.reason, changed="none")
-        else:
-            if args.wait_ready:
-                wait_for_pgpool(config, args.wait_ready, log)
-            with run_lock(config.lock_path, config.lock_timeout):
-                state = read_state(config, event, log)
-                decision = decide(event, True, config.primary_node_id, state)
-                log.set(decision=decision.outcome.value, reason=decision.reason)
-                apply(config, decision, args.dry_run, log)
-                # Log while still holding the lock: the order of the lines is the
-                # order in which the runs changed the addresses.
-                log.emit(SEVERITY_INFO, result="dry-run" if args.dry_run else "ok", exit=0)
-    except HookError as error:
-        if error.changed:
-            log.set(changed=",".join(error.changed))
-        severity = SEVERITY_WARNING if error.exit_code == ExitCode.TEMPFAIL else SEVERITY_ERR
-        log.emit(severity, result=error.result, error=str(error), exit=int(error.exit_code))
-        return int(error.exit_code)
-    except Exception as error:  # the operator gets one line, never a traceback
-        log.emit(
-            SEVERITY_ERR,
-            result="error",
-            error=f"unexpected {type(error).__name__}: {error}",
-            exit=int(ExitCode.FAILURE),
-        )
-        return int(ExitCode.FAILURE)
-    log.emit(SEVERITY_INFO, result="dry-run" if args.dry_run else "ok", exit=0)
-    return 0
+            if args.dry_run:
+                log.set(result="dry-run")
+            return 0
+        if args.wait_ready:
+            wait_for_pgpool(config, args.wait_ready, log)
+        with run_lock(config.lock_path, config.lock_timeout):
+            state = read_state(config, event, log)
+            decision = decide(event, True, config.primary_node_id, state)
+            log.set(decision=decision.outcome.value, reason=decision.reason)
+            apply(config, decision, args.dry_run, log)
+            # Log while still holding the lock: the order of the lines is the order
+            # in which the runs changed the addresses.
+            log.emit(SEVERITY_INFO, result="dry-run" if args.dry_run else "ok", exit=0)
+        return 0
+
+    start: dict[str, object] = {"node": args.node}
+    if args.old_primary is not None:
+        start["old_primary"] = args.old_primary
+    return run_logged(args.verb, args.config_path, body, lambda _: args.wait_ready, fields=start)
 
 
 def wait_for_pgpool(config: Config, seconds: float, log: RunLog) -> None:

@@ -65,7 +65,7 @@ def parse_seconds(text: str, what: str) -> float:
 
 
 def split_global_options(argv: list[str]) -> GlobalOptions:
-    """Take `--config` and `--dry-run` off the front of argv."""
+    """Take `--config` and `--dry-run` off the front of argv (checked by the caller)."""
     config_path: str | None = None
     dry_run = False
     i = 0
@@ -83,8 +83,6 @@ def split_global_options(argv: list[str]) -> GlobalOptions:
         else:
             break
         i += 1
-    if config_path == "":
-        raise UsageError("--config needs a non-empty PATH")
     return GlobalOptions(config_path, dry_run, argv[i:])
 
 
@@ -121,6 +119,8 @@ def parse_hook_argv(argv: list[str]) -> HookArgs | None:
     options = split_global_options(argv)
     if not options.rest or options.rest[0] not in HOOK_VERBS:
         return None
+    if options.config_path == "":
+        raise UsageError("--config needs a non-empty PATH")
     verb = options.rest[0]
     node, old_primary, wait_ready = parse_verb_args(verb, options.rest[1:])
     return HookArgs(verb, node, old_primary, options.config_path, options.dry_run, wait_ready)

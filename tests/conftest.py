@@ -4,6 +4,7 @@ import filecmp
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 import pgpool_anycast_hook
 
@@ -21,3 +22,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             f"the installed package at {installed} differs from this checkout "
             f"({', '.join(mismatch + errors)}); run `make test` (or scripts/setup-dev.sh) first"
         )
+
+
+# Deterministic examples and no per-example deadline: CI machines are shared and noisy,
+# and a red run must mean a real defect, not an unlucky draw or a slow moment.
+settings.register_profile("project", derandomize=True, deadline=None, print_blob=True)
+settings.load_profile("project")

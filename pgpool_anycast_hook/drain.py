@@ -1,0 +1,84 @@
+"""`drain`, for planned stops (ExecStop= of pgpool2.service): withdraw, wait, return.
+
+1. Withdraw: remove the addresses (FRR withdraws the route). With serving_route,
+   the serving routes stay, so packets that still arrive while the routers
+   converge, and the connections already open, are served.
+2. Wait drain_seconds for the routers to converge.
+3. Wait, at most drain_timeout, until no client connection to pgpool's port is
+   ESTABLISHED (psutil, this network namespace; as root or as pgpool's user).
+4. Return; systemd then stops pgpool, and ExecStopPost's `del` removes the
+   serving routes.
+
+Without serving_route, step 1 also stops this node from accepting packets for the
+address: in-flight sessions stall and the drain only shortens the window in which
+new connections arrive at a pgpool that is going away.
+"""
+
+import time
+
+from pgpool_anycast_hook import announcement
+from pgpool_anycast_hook.config import Config
+from pgpool_anycast_hook.errors import ExitCode
+from pgpool_anycast_hook.pgpool_conf import read_pgpool_conf
+from pgpool_anycast_hook.run_lock import run_lock
+from pgpool_anycast_hook.run_log import RunLog
+
+POLL_SECONDS = 0.2
+
+
+def client_connections(port: int) -> int:
+    """Established TCP connections whose local port is pgpool's (clients of pgpool)."""
+    import psutil
+
+    return sum(
+        1
+        for c in psutil.net_connections(kind="tcp")
+        if c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == port
+    )
+
+
+def wait_for_clients(port: int, timeout: float) -> int:
+    """Poll until no client connection remains, at most `timeout` s; return how many remain."""
+    give_up = time.monotonic() + timeout
+    remaining = client_connections(port)
+    for _ in range(int(timeout / POLL_SECONDS) + 2):
+        if remaining == 0 or time.monotonic() >= give_up:
+            break
+        time.sleep(min(POLL_SECONDS, max(0.0, give_up - time.monotonic())))
+        remaining = client_connections(port)
+    return remaining
+
+
+def extra_seconds(config: Config) -> float:
+    """How much longer than `deadline` a drain may take."""
+    return config.drain_seconds + config.drain_timeout
+
+
+def drain(config: Config, node: int | None, dry_run: bool, log: RunLog) -> int:
+    """Exit 0 when drained, TEMPFAIL (75) when clients were still connected at drain_timeout."""
+    node = config.primary_node_id if node is None else node
+    log.set(node=node)
+    if not config.addresses:
+        log.set(decision="nothing", reason="no addresses configured", changed="none")
+        return 0
+    if node != config.primary_node_id:
+        log.set(decision="nothing", reason=f"node {node} is not the primary "
+                f"({config.primary_node_id})", changed="none")  # fmt: skip
+        return 0
+    port = read_pgpool_conf(config.pgpool_conf).port
+    with run_lock(config.lock_path, config.lock_timeout):
+        changed = announcement.withdraw(config, dry_run, keep_serving=True)
+    log.set(decision="withdraw", changed=announcement.changed_field(changed),
+            serving="kept" if config.serving_route else "stopped")  # fmt: skip
+    if dry_run:
+        log.set(result="dry-run", would_wait=f"{config.drain_seconds:g}+{config.drain_timeout:g}s",
+                clients=client_connections(port))  # fmt: skip
+        return 0
+    time.sleep(config.drain_seconds)
+    started = time.monotonic()
+    remaining = wait_for_clients(port, config.drain_timeout)
+    log.set(waited_ms=round((time.monotonic() - started) * 1000), clients_left=remaining)
+    if remaining:
+        log.set(result="drain-timeout")
+        return int(ExitCode.TEMPFAIL)
+    return 0

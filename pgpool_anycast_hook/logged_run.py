@@ -1,0 +1,64 @@
+"""The frame every operator command shares: config, deadline, one log line, exit code.
+
+For add/del/clean (hook.py) and for `reconcile`, `disable`, `enable`, `drain`
+and `check`: the body gets the configuration and the RunLog, sets fields,
+and returns an exit code; every HookError becomes its own exit code and one line.
+"""
+
+from collections.abc import Callable
+
+from pgpool_anycast_hook.config import SYSLOG_FACILITIES, Config, load_config
+from pgpool_anycast_hook.deadline import arm_deadline
+from pgpool_anycast_hook.errors import ExitCode, HookError
+from pgpool_anycast_hook.run_log import SEVERITY_ERR, SEVERITY_INFO, SEVERITY_WARNING, RunLog
+
+Body = Callable[[Config, RunLog], int]
+
+
+def run_logged(
+    action: str,
+    config_path: str | None,
+    body: Body,
+    extra_seconds: Callable[[Config], float] = lambda config: 0.0,
+    quiet_unchanged: bool = False,
+    fields: dict[str, object] | None = None,
+) -> int:
+    """Run `body`, then write its one line (see `quiet_unchanged`).
+
+    A body that sets `result` (e.g. "dry-run") names the outcome; the default is "ok".
+
+    `extra_seconds` lengthens the deadline for commands that wait on purpose (drain).
+    With `quiet_unchanged`, a run that neither changed an address nor set
+    `transition` writes nothing (its exit code still tells): `check` runs every
+    few seconds. `fields` start the line after `action` (e.g. the node id).
+    """
+    log = RunLog(action=action, **(fields or {}))
+    try:
+        config = load_config(config_path)
+        log.syslog_address = config.syslog_address
+        log.facility = SYSLOG_FACILITIES[config.syslog_facility]
+        arm_deadline(
+            config.deadline + extra_seconds(config),
+            lambda: log.emit(SEVERITY_ERR, result="deadline", exit=int(ExitCode.TEMPFAIL)),
+        )
+        code = body(config, log)
+    except HookError as error:
+        if error.changed:
+            log.set(changed=",".join(error.changed))
+        severity = SEVERITY_WARNING if error.exit_code == ExitCode.TEMPFAIL else SEVERITY_ERR
+        log.emit(severity, result=error.result, error=str(error), exit=int(error.exit_code))
+        return int(error.exit_code)
+    except Exception as error:  # the operator gets one line, never a traceback
+        log.emit(
+            SEVERITY_ERR,
+            result="error",
+            error=f"unexpected {type(error).__name__}: {error}",
+            exit=int(ExitCode.FAILURE),
+        )
+        return int(ExitCode.FAILURE)
+    result = log.fields.pop("result", "ok")
+    noteworthy = log.fields.get("changed", "none") != "none" or "transition" in log.fields
+    if quiet_unchanged and not noteworthy and result != "dry-run":
+        return code
+    log.emit(SEVERITY_INFO if code == 0 else SEVERITY_WARNING, result=result, exit=code)
+    return code

@@ -1,0 +1,88 @@
+"""`reconcile`, `disable` and `enable`: make the addresses match the desired state.
+
+`reconcile` runs at ExecStartPre (pgpool is not running yet, so leftovers of an
+unclean stop are removed), by hand, and after `enable`. `disable` writes the
+maintenance hold first and then withdraws, so that no concurrent `add` can put the
+addresses back in between.
+"""
+
+import getpass
+import os
+
+from pgpool_anycast_hook import announcement
+from pgpool_anycast_hook.config import Config
+from pgpool_anycast_hook.errors import HookError, PermissionDenied
+from pgpool_anycast_hook.hold import clear_hold, write_hold
+from pgpool_anycast_hook.observation import observe
+from pgpool_anycast_hook.run_lock import run_lock
+from pgpool_anycast_hook.run_log import RunLog
+
+
+def reconcile(config: Config, dry_run: bool, log: RunLog, hold_lifted: bool = False) -> int:
+    """Apply the desired state; `hold_lifted`: as if the hold were gone (enable --dry-run)."""
+    if not config.addresses:
+        log.set(decision="nothing", reason="no addresses configured", changed="none")
+        return 0
+    with run_lock(config.lock_path, config.lock_timeout):
+        seen = observe(config)
+        if hold_lifted:
+            seen = seen._replace(hold=None)
+        desire = seen.desire(config)
+        log.set(
+            pgpool="alive" if seen.alive else "down",
+            listening=str(seen.listening) if seen.listening else "no",
+            status=seen.status.summary(),
+            hold="yes" if seen.hold else "no",
+            decision="announce" if desire.present else "withdraw",
+            reason=desire.reason,
+        )
+        if desire.present:
+            changed = announcement.announce(config, dry_run)
+        else:
+            changed = announcement.withdraw(config, dry_run)
+        log.set(changed=announcement.changed_field(changed))
+    if dry_run:
+        log.set(result="dry-run")
+    return 0
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return str(os.getuid())
+
+
+def disable(config: Config, reason: str, dry_run: bool, log: RunLog) -> int:
+    log.set(reason=reason or "-")
+    with run_lock(config.lock_path, config.lock_timeout):
+        if dry_run:
+            log.set(hold="would-set", result="dry-run")
+        else:
+            try:
+                hold = write_hold(config.state_dir, reason, _user())
+            except PermissionError as error:
+                raise PermissionDenied(f"cannot write the hold: {error}") from None
+            except OSError as error:
+                raise HookError(f"cannot write the hold: {error}") from None
+            log.set(hold="set", since=hold.since, by=hold.by)
+        changed = announcement.withdraw(config, dry_run) if config.addresses else []
+        log.set(changed=announcement.changed_field(changed))
+    return 0
+
+
+def enable(config: Config, dry_run: bool, log: RunLog) -> int:
+    if dry_run:
+        log.set(hold="would-clear")
+    else:
+        with run_lock(config.lock_path, config.lock_timeout):
+            try:
+                log.set(hold="cleared" if clear_hold(config.state_dir) else "was-not-set")
+            except PermissionError as error:
+                raise PermissionDenied(f"cannot remove the hold: {error}") from None
+            except OSError as error:
+                raise HookError(f"cannot remove the hold: {error}") from None
+    hold_field = log.fields["hold"]
+    code = reconcile(config, dry_run, log, hold_lifted=dry_run)
+    log.set(hold=hold_field)
+    return code

@@ -1,0 +1,107 @@
+"""`status`: what is, what should be, and whether they match; as a table or as JSON.
+
+The JSON keys are a stable interface for monitoring; add keys, never rename them.
+Exit 0 when the actual state matches the desired state, DRIFT (1) when not.
+"""
+
+import json
+from typing import Any
+
+from pgpool_anycast_hook.check_state import CheckState
+from pgpool_anycast_hook.config import Config
+from pgpool_anycast_hook.errors import ExitCode
+from pgpool_anycast_hook.observation import Observation
+
+
+def report(config: Config, seen: Observation, check: CheckState | None) -> dict[str, Any]:
+    desire = seen.desire(config)
+    actual = seen.presence.state() if config.addresses else "absent"
+    wanted = "present" if desire.present else "absent"
+    routes = seen.presence.serving_routes
+    nodes = [
+        {"node": i, "record": record.decode("ascii", "replace").strip(), "up": up}
+        for i, (record, up) in enumerate(zip(seen.status.records, seen.status.up, strict=False))
+    ]
+    return {
+        "interface": config.interface,
+        "addresses": [
+            {
+                "address": str(address),
+                "present": present,
+                "serving_route": None if routes is None else routes.get(address, False),
+            }
+            for address, present in seen.presence.addresses.items()
+        ],
+        "pgpool": {
+            "pid_file": seen.settings.pid_file,
+            "pid": seen.pid,
+            "alive": seen.alive,
+            "port": seen.settings.port,
+            "listening": str(seen.listening) if seen.listening else None,
+        },
+        "pgpool_status": {
+            "file": seen.status_file,
+            "format": seen.status.format.value,
+            "note": seen.status.note,
+            "nodes": nodes,
+            "primary_node_id": config.primary_node_id,
+            "primary_usable": seen.status.node_usable(config.primary_node_id),
+        },
+        "hold": seen.hold._asdict() if seen.hold else None,
+        "check": None if check is None else {"state": check.health.value, "count": check.streak},
+        "desired": wanted,
+        "reason": desire.reason,
+        "actual": actual,
+        "matches": actual == wanted,
+    }
+
+
+def exit_code(data: dict[str, Any]) -> int:
+    return int(ExitCode.OK if data["matches"] else ExitCode.DRIFT)
+
+
+def as_json(data: dict[str, Any]) -> str:
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def as_table(data: dict[str, Any]) -> str:
+    rows: list[tuple[str, str]] = []
+    if not data["addresses"]:
+        rows.append(("addresses", "none configured"))
+    for item in data["addresses"]:
+        text = f"{'present' if item['present'] else 'absent'} on {data['interface']}"
+        if item["serving_route"] is not None:
+            text += f", serving route {'present' if item['serving_route'] else 'absent'}"
+        rows.append((f"address {item['address']}", text))
+    pgpool = data["pgpool"]
+    alive = f"alive, pid {pgpool['pid']}" if pgpool["alive"] else "not running"
+    rows.append(("pgpool", f"{alive} ({pgpool['pid_file']})"))
+    rows.append(("listening", pgpool["listening"] or f"no (port {pgpool['port']})"))
+    status = data["pgpool_status"]
+    rows.append(("pgpool_status", f"{status['file']} ({status['format']})"))
+    for node in status["nodes"]:
+        rows.append(
+            (
+                f"  node {node['node']}",
+                f"{'up' if node['up'] else 'down'} ({node['record'] or 'empty'})",
+            )
+        )
+    rows.append(
+        (
+            f"primary node {status['primary_node_id']}",
+            "usable" if status["primary_usable"] else "down",
+        )
+    )
+    hold = data["hold"]
+    held = f"set {hold['since']} by {hold['by']}: {hold['reason'] or '-'}" if hold else "none"
+    rows.append(("hold", held))
+    if data["check"] is not None:
+        rows.append(("check", f"{data['check']['state']} ({data['check']['count']})"))
+    rows.append(("desired", f"{data['desired']}: {data['reason']}"))
+    rows.append(("actual", f"{data['actual']} ({'matches' if data['matches'] else 'DRIFT'})"))
+    width = max(len(key) for key, _ in rows)
+    return "".join(f"{key.ljust(width)}  {value}\n" for key, value in rows)
