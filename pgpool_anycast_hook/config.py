@@ -8,10 +8,10 @@ into a silently different behaviour.
 
 import ipaddress
 import os
-import tomllib
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from pgpool_anycast_hook.config_cache import cache_key, read_cached, write_cached
 from pgpool_anycast_hook.errors import ConfigError
 
 DEFAULT_CONFIG = "/etc/pgpool-anycast-hook/config.toml"
@@ -168,6 +168,8 @@ def config_files(main_file: str) -> list[str]:
 
 
 def _read_toml(path: str) -> dict[str, Any]:
+    import tomllib  # only when the cache (config_cache.py) cannot answer
+
     try:
         with open(path, "rb") as handle:
             return tomllib.load(handle)
@@ -204,8 +206,14 @@ def load_config(explicit: str | None = None) -> Config:
     main_file, named = resolve_main_file(explicit)
     if named and not os.path.isfile(main_file):
         raise ConfigError(f"{main_file}: configuration file not found")
-    merged: dict[str, Any] = {}
     files = config_files(main_file)
-    for path in files:
-        merged.update(validate(_read_toml(path), path))
-    return Config(**merged, sources=tuple(files))
+    key = cache_key(files)
+    raw = read_cached(main_file, key)
+    if raw is None:
+        raw = {}
+        for path in files:
+            settings = _read_toml(path)
+            validate(settings, path)  # errors name the file that holds the key
+            raw.update(settings)
+        write_cached(main_file, key, raw)
+    return Config(**validate(raw, main_file), sources=tuple(files))
