@@ -24,11 +24,16 @@ apt_packages=(
 if [ ! -e "$stamp" ] || [ "$(cat "$stamp")" != "${apt_packages[*]}" ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
+    # Debian would start pgpool2, PostgreSQL and FRR on the host as it installs them;
+    # the tests start their own instances in namespaces and containers. A policy-rc.d
+    # that says "no" keeps the host's services down (removed again afterwards).
+    policy=/usr/sbin/policy-rc.d
+    own_policy=
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && own_policy=1
+    fi
     apt-get install -y -qq --no-install-recommends "${apt_packages[@]}" >/dev/null
-    # Debian starts these on install; the tests start their own instances.
-    for svc in pgpool2 postgresql frr; do
-        if [ -x "/etc/init.d/$svc" ]; then "/etc/init.d/$svc" stop >/dev/null 2>&1 || true; fi
-    done
+    if [ -n "$own_policy" ]; then rm -f "$policy"; fi
     echo "${apt_packages[*]}" > "$stamp"
 fi
 
