@@ -17,11 +17,13 @@ from pgpool_anycast_hook.hook_argv import HookArgs, parse_node_id, parse_verb_ar
 EXIT_CODES_HELP = """\b
 Exit status:
    0  done, or nothing to do
-   1  status/check: the addresses differ from the desired state
+   1  status: the addresses differ from the desired state;
+      check: pgpool did not answer
    2  usage error
   69  the configured interface does not exist
   70  any other failure
-  75  busy: lock not acquired in time, deadline hit, pgpool not ready
+  75  busy: lock not acquired in time, deadline hit, pgpool not ready,
+      drain timeout
   77  permission denied (CAP_NET_ADMIN is needed to change addresses)
   78  configuration error"""
 
@@ -33,7 +35,8 @@ Wire it into pgpool.conf (pgpool 4.2 and later):
   failback_command       = '/usr/bin/pgpool-anycast-hook add %d'
   follow_primary_command = '/usr/bin/pgpool-anycast-hook del %d %P'
 (pgpool 4.1: follow_master_command instead of follow_primary_command.)
-and into pgpool2.service with the shipped drop-in (clean, add, del).
+and into pgpool2.service with the shipped drop-in (reconcile, clean, add,
+drain, del).
 
 Configuration: /etc/pgpool-anycast-hook/config.toml plus conf.d/*.toml;
 see `check-config` and pgpool-anycast-hook(8).

@@ -11,11 +11,11 @@ from enum import IntEnum
 
 class ExitCode(IntEnum):
     OK = 0  # done, or nothing to do
-    DRIFT = 1  # `status`/`check`: the addresses do not match the desired state
+    DRIFT = 1  # `status`: addresses differ from the desired state; `check`: no answer
     USAGE = 2  # bad command line
     UNAVAILABLE = 69  # the configured interface does not exist
     FAILURE = 70  # anything else went wrong
-    TEMPFAIL = 75  # lock not acquired in time, deadline hit, pgpool not ready
+    TEMPFAIL = 75  # lock not acquired in time, deadline hit, pgpool not ready, drain timeout
     NOPERM = 77  # no CAP_NET_ADMIN, or a file we may not touch
     CONFIG = 78  # configuration error
 
