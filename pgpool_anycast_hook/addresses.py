@@ -9,7 +9,6 @@ add and EADDRNOTAVAIL on delete mean "already done". The messages are pyroute2's
 import errno
 import ipaddress
 import socket
-from collections.abc import Iterable
 
 from pgpool_anycast_hook.errors import HookError
 from pgpool_anycast_hook.netlink_socket import (
@@ -17,11 +16,9 @@ from pgpool_anycast_hook.netlink_socket import (
     NLM_F_EXCL,
     NLM_F_REQUEST,
     RouteSocket,
-    add_missing,
     interface_index,
     netlink_error,
     pyroute2_message,
-    remove_present,
 )
 
 Address = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -84,26 +81,3 @@ class AddressTable:
         message["attrs"] = [("IFA_LOCAL", ip), ("IFA_ADDRESS", ip)] if v4 else [("IFA_ADDRESS", ip)]
         flags = NLM_F_REQUEST | (NLM_F_CREATE | NLM_F_EXCL if kind == RTM_NEWADDR else 0)
         return self._route.request(message, kind, flags)
-
-
-def present(interface: str, wanted: Iterable[Address]) -> dict[Address, bool]:
-    """Which of the wanted addresses the interface holds now."""
-    with RouteSocket() as route:
-        have = AddressTable(route, interface).current()
-    return {address: address in have for address in wanted}
-
-
-def ensure_present(
-    interface: str, wanted: Iterable[Address], dry_run: bool = False
-) -> list[Address]:
-    """Add the missing addresses, all or nothing; return what was (or would be) added."""
-    with RouteSocket() as route:
-        return add_missing(AddressTable(route, interface), wanted, dry_run)
-
-
-def ensure_absent(
-    interface: str, wanted: Iterable[Address], dry_run: bool = False
-) -> list[Address]:
-    """Remove the configured addresses that are present; return what was (or would be) removed."""
-    with RouteSocket() as route:
-        return remove_present(AddressTable(route, interface), wanted, dry_run)

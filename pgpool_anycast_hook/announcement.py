@@ -12,7 +12,9 @@ Changes are reported as "+ADDR" / "-ADDR" for addresses and "+route:ADDR" /
 from typing import NamedTuple
 
 from pgpool_anycast_hook import addresses
+from pgpool_anycast_hook.addresses import AddressTable
 from pgpool_anycast_hook.config import Config
+from pgpool_anycast_hook.netlink_socket import ensure_absent, ensure_present, held
 
 
 class Presence(NamedTuple):
@@ -32,13 +34,13 @@ class Presence(NamedTuple):
 
 
 def actual(config: Config) -> Presence:
-    held = addresses.present(config.interface, config.addresses)
+    on_interface = held(AddressTable, config.interface, config.addresses)
     routes = None
     if config.serving_route:
         from pgpool_anycast_hook import serving_routes
 
-        routes = serving_routes.present(config.interface, config.addresses)
-    return Presence(held, routes)
+        routes = held(serving_routes.ServingRoutes, config.interface, config.addresses)
+    return Presence(on_interface, routes)
 
 
 def announce(config: Config, dry_run: bool) -> list[str]:
@@ -46,24 +48,33 @@ def announce(config: Config, dry_run: bool) -> list[str]:
     if config.serving_route:
         from pgpool_anycast_hook import serving_routes
 
-        added = serving_routes.ensure_present(config.interface, config.addresses, dry_run)
+        added = ensure_present(
+            serving_routes.ServingRoutes, config.interface, config.addresses, dry_run
+        )
         changed += [f"+route:{a}" for a in added]
     changed += [
-        f"+{a}" for a in addresses.ensure_present(config.interface, config.addresses, dry_run)
+        f"+{a}" for a in ensure_present(AddressTable, config.interface, config.addresses, dry_run)
     ]
     return changed
 
 
 def withdraw(config: Config, dry_run: bool, keep_serving: bool = False) -> list[str]:
     changed = [
-        f"-{a}" for a in addresses.ensure_absent(config.interface, config.addresses, dry_run)
+        f"-{a}" for a in ensure_absent(AddressTable, config.interface, config.addresses, dry_run)
     ]
     if config.serving_route and not keep_serving:
         from pgpool_anycast_hook import serving_routes
 
-        removed = serving_routes.ensure_absent(config.interface, config.addresses, dry_run)
+        removed = ensure_absent(
+            serving_routes.ServingRoutes, config.interface, config.addresses, dry_run
+        )
         changed += [f"-route:{a}" for a in removed]
     return changed
+
+
+def follow(config: Config, present: bool, dry_run: bool) -> list[str]:
+    """Announce or withdraw, as the desired state says."""
+    return announce(config, dry_run) if present else withdraw(config, dry_run)
 
 
 def changed_field(changed: list[str]) -> str:

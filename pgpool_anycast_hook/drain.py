@@ -9,6 +9,10 @@
 4. Return; systemd then stops pgpool, and ExecStopPost's `del` removes the
    serving routes.
 
+systemd runs ExecStop after a crash too (kill -9, OOM): then drain is the first
+to withdraw, so it runs without click (main.py), and with pgpool gone it skips
+the waits.
+
 Without serving_route, step 1 also stops this node from accepting packets for the
 address: in-flight sessions stall and the drain only shortens the window in which
 new connections arrive at a pgpool that is going away.
@@ -20,6 +24,7 @@ from pgpool_anycast_hook import announcement
 from pgpool_anycast_hook.config import Config
 from pgpool_anycast_hook.errors import ExitCode
 from pgpool_anycast_hook.pgpool_conf import read_pgpool_conf
+from pgpool_anycast_hook.pgpool_process import pgpool_alive, read_pid_file
 from pgpool_anycast_hook.run_lock import run_lock
 from pgpool_anycast_hook.run_log import RunLog
 
@@ -54,6 +59,18 @@ def extra_seconds(config: Config) -> float:
     return config.drain_seconds + config.drain_timeout
 
 
+def run_drain(config_path: str | None, node: int | None, dry_run: bool) -> int:
+    """`drain [NODE_ID]` with its one log line (main.py's fast path and cli.py)."""
+    from pgpool_anycast_hook.logged_run import run_logged
+
+    return run_logged(
+        "drain",
+        config_path,
+        lambda config, log: drain(config, node, dry_run, log),
+        extra_seconds=extra_seconds,
+    )
+
+
 def drain(config: Config, node: int | None, dry_run: bool, log: RunLog) -> int:
     """Exit 0 when drained, TEMPFAIL (75) when clients were still connected at drain_timeout."""
     node = config.primary_node_id if node is None else node
@@ -65,11 +82,19 @@ def drain(config: Config, node: int | None, dry_run: bool, log: RunLog) -> int:
         log.set(decision="nothing", reason=f"node {node} is not the primary "
                 f"({config.primary_node_id})", changed="none")  # fmt: skip
         return 0
-    port = read_pgpool_conf(config.pgpool_conf).port
+    settings = read_pgpool_conf(config.pgpool_conf)
+    port = settings.port
     with run_lock(config.lock_path, config.lock_timeout):
         changed = announcement.withdraw(config, dry_run, keep_serving=True)
     log.set(decision="withdraw", changed=announcement.changed_field(changed),
             serving="kept" if config.serving_route else "stopped")  # fmt: skip
+    pgpool_pid = read_pid_file(settings.pid_file)
+    if not pgpool_alive(pgpool_pid):
+        # After a crash systemd runs ExecStop too: nothing is left to drain.
+        log.set(pgpool="gone")
+        if dry_run:
+            log.set(result="dry-run")
+        return 0
     if dry_run:
         log.set(result="dry-run", would_wait=f"{config.drain_seconds:g}+{config.drain_timeout:g}s",
                 clients=client_connections(port))  # fmt: skip

@@ -139,10 +139,7 @@ def run_check(config: Config, dry_run: bool, log: RunLog) -> int:
         elif action is Action.FOLLOW_DESIRED:
             desire = observe(config).desire(config)
             log.set(decision="announce" if desire.present else "withdraw", reason=desire.reason)
-            if desire.present:
-                changed = announcement.announce(config, dry_run)
-            else:
-                changed = announcement.withdraw(config, dry_run)
+            changed = announcement.follow(config, desire.present, dry_run)
         log.set(changed=announcement.changed_field(changed))
         if dry_run:
             log.set(result="dry-run")

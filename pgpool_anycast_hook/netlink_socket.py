@@ -20,7 +20,7 @@ import socket
 import struct
 import sys
 import types
-from collections.abc import Hashable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from typing import Any, Protocol, TypeVar
 
 from pgpool_anycast_hook.errors import HookError, InterfaceMissing, PermissionDenied
@@ -196,3 +196,29 @@ def remove_present(table: KernelTable[Item], wanted: Iterable[Item], dry_run: bo
         first_error.changed = tuple(str(item) for item in removed)
         raise first_error
     return removed
+
+
+TableFactory = Callable[[RouteSocket, str], KernelTable[Item]]
+
+
+def held(table: TableFactory[Item], interface: str, wanted: Iterable[Item]) -> dict[Item, bool]:
+    """Which of the wanted items the interface holds now."""
+    with RouteSocket() as route:
+        have = table(route, interface).current()
+    return {item: item in have for item in wanted}
+
+
+def ensure_present(
+    table: TableFactory[Item], interface: str, wanted: Iterable[Item], dry_run: bool = False
+) -> list[Item]:
+    """Add what is missing, all or nothing; return what was (or would be) added."""
+    with RouteSocket() as route:
+        return add_missing(table(route, interface), wanted, dry_run)
+
+
+def ensure_absent(
+    table: TableFactory[Item], interface: str, wanted: Iterable[Item], dry_run: bool = False
+) -> list[Item]:
+    """Remove what is present; return what was (or would be) removed."""
+    with RouteSocket() as route:
+        return remove_present(table(route, interface), wanted, dry_run)

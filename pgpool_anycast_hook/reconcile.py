@@ -36,10 +36,7 @@ def reconcile(config: Config, dry_run: bool, log: RunLog, hold_lifted: bool = Fa
             decision="announce" if desire.present else "withdraw",
             reason=desire.reason,
         )
-        if desire.present:
-            changed = announcement.announce(config, dry_run)
-        else:
-            changed = announcement.withdraw(config, dry_run)
+        changed = announcement.follow(config, desire.present, dry_run)
         log.set(changed=announcement.changed_field(changed))
     if dry_run:
         log.set(result="dry-run")

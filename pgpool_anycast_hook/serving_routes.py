@@ -20,7 +20,6 @@ The messages are pyroute2's `rtmsg`, sent through netlink_socket.py.
 import errno
 import ipaddress
 import socket
-from collections.abc import Iterable
 
 from pgpool_anycast_hook.addresses import Address
 from pgpool_anycast_hook.errors import HookError
@@ -29,11 +28,9 @@ from pgpool_anycast_hook.netlink_socket import (
     NLM_F_CREATE,
     NLM_F_REQUEST,
     RouteSocket,
-    add_missing,
     interface_index,
     netlink_error,
     pyroute2_message,
-    remove_present,
 )
 
 SERVING_PROTOCOL = 177  # unassigned in /etc/iproute2/rt_protos; shown as "proto 177"
@@ -96,25 +93,3 @@ class ServingRoutes:
         ]
         flags = NLM_F_REQUEST | (NLM_F_CREATE | NLM_F_APPEND if kind == RTM_NEWROUTE else 0)
         return self._route.request(message, kind, flags)
-
-
-def present(interface: str, wanted: Iterable[Address]) -> dict[Address, bool]:
-    with RouteSocket() as route:
-        have = ServingRoutes(route, interface).current()
-    return {address: address in have for address in wanted}
-
-
-def ensure_present(
-    interface: str, wanted: Iterable[Address], dry_run: bool = False
-) -> list[Address]:
-    """Add the missing serving routes, all or nothing; return what was (or would be) added."""
-    with RouteSocket() as route:
-        return add_missing(ServingRoutes(route, interface), wanted, dry_run)
-
-
-def ensure_absent(
-    interface: str, wanted: Iterable[Address], dry_run: bool = False
-) -> list[Address]:
-    """Remove our serving routes for these addresses; return what was (or would be) removed."""
-    with RouteSocket() as route:
-        return remove_present(ServingRoutes(route, interface), wanted, dry_run)

@@ -121,11 +121,15 @@ def test_reconcile_and_disable_manage_the_serving_route_exactly(
 
 def test_drain_waits_for_clients_then_returns(netns: str, hook: HookSetup) -> None:
     """A connection to pgpool's port keeps drain waiting until it closes, within bounds."""
-    (hook.root / "pgpool.conf").write_text("port = 9999\n")
+    pid_file = hook.root / "pgpool.pid"
+    (hook.root / "pgpool.conf").write_text(f"port = 9999\npid_file_name = '{pid_file}'\n")
     hook.write(addresses=[ANYCAST], pgpool_conf=str(hook.root / "pgpool.conf"),
                drain_seconds=0.2, drain_timeout=1.0, deadline=5)  # fmt: skip
+    # A stand-in for pgpool: named "pgpool", with its pid file, holding one client connection.
     script = (
-        "import socket, sys, time\n"
+        "import ctypes, os, socket, sys, time\n"
+        "ctypes.CDLL(None).prctl(15, b'pgpool', 0, 0, 0)\n"
+        f"open({str(pid_file)!r}, 'w').write(f'{{os.getpid()}}\\0')\n"
         "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
         "s.bind(('127.0.0.1', 9999)); s.listen()\n"
         "c = socket.create_connection(('127.0.0.1', 9999)); a, _ = s.accept()\n"
@@ -158,6 +162,22 @@ def test_drain_waits_for_clients_then_returns(netns: str, hook: HookSetup) -> No
         short.wait(timeout=10)
     assert done.returncode == 0, done.stderr
     assert "clients_left=0" in done.stderr and 0.5 < elapsed < 8
+
+
+def test_drain_after_a_crash_withdraws_and_returns_at_once(netns: str, hook: HookSetup) -> None:
+    """systemd runs ExecStop after kill -9 too: drain is then the first to withdraw."""
+    pid_file = hook.root / "pgpool.pid"
+    pid_file.write_text("999999\0")  # left behind by a killed pgpool
+    (hook.root / "pgpool.conf").write_text(f"pid_file_name = '{pid_file}'\n")
+    hook.write(addresses=[ANYCAST], pgpool_conf=str(hook.root / "pgpool.conf"),
+               drain_seconds=30, drain_timeout=30, deadline=5)  # fmt: skip
+    subprocess.run(["ip", "-n", netns, "address", "add", ANYCAST, "dev", "lo"], check=True)
+    started = time.monotonic()
+    result = hook.run(netns, "drain", "0")
+    assert result.returncode == 0, result.stderr
+    assert "pgpool=gone" in result.stderr and "changed=-198.18.2.0/32" in result.stderr
+    assert ANYCAST not in addresses_in(netns)
+    assert time.monotonic() - started < 10  # neither drain_seconds nor drain_timeout waited
 
 
 def test_every_changing_command_has_a_dry_run(netns: str, hook: HookSetup) -> None:
