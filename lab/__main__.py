@@ -1,0 +1,57 @@
+"""python3 -m lab up | demo [--keep] | down | status"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from lab import frr, state, topology
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        prog="python3 -m lab",
+        description="The article's anycast pgpool topology in network namespaces (root).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("up", help="build the lab (or reuse the running one) and leave it up")
+    demo = commands.add_parser("demo", help="bring the lab up, run the demo, tear down")
+    demo.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
+    commands.add_parser("down", help="tear everything down, also after a failed run")
+    commands.add_parser("status", help="show what runs and the router's route")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("python3 -m lab: must run as root (namespaces, systemd-nspawn)", file=sys.stderr)
+        return 2
+
+    if args.command == "up":
+        topology.up()
+        print(frr.route_text())
+        return 0
+    if args.command == "down":
+        topology.down()
+        return 0
+    if args.command == "status":
+        lab = topology.attach_running()
+        if lab is None:
+            print("lab is not (completely) up; `python3 -m lab down` cleans any leftovers")
+            return 1
+        print(f"lab up, wiring: {lab.wiring.value}, state: {state.STATE_FILE}")
+        print(frr.route_text())
+        return 0
+    from lab import demo as demo_module
+
+    try:
+        lab = topology.up()
+        demo_module.run(lab)
+    finally:
+        if args.keep:
+            print("\nlab left up (--keep); `python3 -m lab down` removes it", file=sys.stderr)
+        else:
+            topology.down()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

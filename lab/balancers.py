@@ -1,0 +1,387 @@
+"""The three balancers: systemd-nspawn containers (real systemd) joined to lab namespaces,
+each running FRR (ospfd), Debian's pgpool2 and the anycast hook installed from the .deb.
+
+`Wiring` decides which program pgpool and the unit call: the packaged hook (the product)
+or bench/reference/manage-reference.sh wired the way the article wires manage.sh.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import hashlib
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from lab import frr, measure, state
+from lab.hosts import (
+    ANYCAST_PREFIX,
+    BACKENDS,
+    PGPOOL_PORT,
+    POSTGRES_PORT,
+    Host,
+)
+from testbed import container as testbed_container
+from testbed.container import Container
+
+REPO = Path(__file__).resolve().parent.parent
+TEMPLATES = Path(__file__).with_name("templates")
+REFERENCE_SCRIPT = REPO / "bench/reference/manage-reference.sh"
+DROP_IN_DIR = "/etc/systemd/system/pgpool2.service.d"
+HOOK_DROP_IN = "/usr/share/pgpool-anycast-hook/pgpool2.service.d/pgpool-anycast-hook.conf"
+HOOK = "/usr/bin/pgpool-anycast-hook"
+MANAGE_SH = "/etc/pgpool2/manage.sh"
+STATUS_FILE = "/var/log/postgresql/pgpool_status"
+PCP_USER, PCP_PASSWORD = "pcpadmin", "lab"
+STOP_TIMEOUT = 30.0
+
+
+class Wiring(enum.Enum):
+    HOOK = "hook"
+    REFERENCE = "manage.sh"
+
+    def commands(self) -> dict[str, str]:
+        if self is Wiring.HOOK:
+            return {
+                "failover_command": f"{HOOK} del %d %P",
+                "failback_command": f"{HOOK} add %d",
+                "follow_primary_command": f"{HOOK} del %d %P",
+            }
+        return {
+            "failover_command": f"{MANAGE_SH} del %d",
+            "failback_command": f"{MANAGE_SH} add %d",
+            "follow_primary_command": f"{MANAGE_SH} del %d",
+        }
+
+
+def pgpool_conf(wiring: Wiring) -> str:
+    backend = (TEMPLATES / "pgpool-backend.conf").read_text()
+    backends = "\n".join(
+        backend.format(index=i, host=pg.base_ip, port=POSTGRES_PORT, name=pg.name)
+        for i, pg in enumerate(BACKENDS)
+    )
+    return (
+        (TEMPLATES / "pgpool.conf")
+        .read_text()
+        .format(pgpool_port=PGPOOL_PORT, backends=backends, **wiring.commands())
+    )
+
+
+class Balancer:
+    """One balancer: its namespace plan and its container (booted or attached)."""
+
+    def __init__(self, host: Host, box: Container) -> None:
+        self.host = host
+        self.box = box
+
+    @property
+    def name(self) -> str:
+        return self.host.name
+
+    def run(
+        self, cmd: list[str], check: bool = True, timeout: float = 60.0
+    ) -> subprocess.CompletedProcess[str]:
+        return self.box.run(cmd, check=check, timeout=timeout)
+
+    # -- setup -----------------------------------------------------------------
+
+    def configure(self, deb: Path, wiring: Wiring) -> None:
+        """FRR, pgpool and the hook inside a freshly booted container; pgpool started."""
+        box = self.box
+        box.write_file("/etc/hostname", self.host.netns + "\n")
+        box.run(["hostname", self.host.netns])  # the journal then names the balancer
+        # pgpool2.service Wants= postgresql.service; no local PostgreSQL belongs here.
+        box.run(["systemctl", "mask", "--now", "postgresql.service"])
+        box.run(["sed", "-i", "s/^ospfd=no/ospfd=yes/", "/etc/frr/daemons"])
+        box.write_file("/etc/frr/frr.conf", frr.balancer_config(self.host), 0o640)
+        box.run(["chown", "frr:frr", "/etc/frr/frr.conf"])
+        box.run(["systemctl", "start", "frr"])
+        box.write_file("/etc/pgpool2/pcp.conf", f"{PCP_USER}:{md5_hex(PCP_PASSWORD)}\n", 0o640)
+        box.run(["chown", "root:postgres", "/etc/pgpool2/pcp.conf"])
+        box.write_file("/root/.pcppass", f"*:9898:{PCP_USER}:{PCP_PASSWORD}\n", 0o600)
+        box.copy_in(deb, "/tmp/" + deb.name, 0o644)
+        box.run(["dpkg", "-i", "/tmp/" + deb.name], timeout=120)
+        box.write_file(
+            "/etc/pgpool-anycast-hook/conf.d/50-lab.toml", f'addresses = ["{ANYCAST_PREFIX}"]\n'
+        )
+        box.copy_in(REFERENCE_SCRIPT, MANAGE_SH, 0o755)
+        self.rewire(wiring, start=True)
+
+    def rewire(self, wiring: Wiring, start: bool = True) -> None:
+        """Stop pgpool, switch drop-in and pgpool.conf commands to `wiring`, start again."""
+        box = self.box
+        self.stop_pgpool()
+        box.run(["rm", "-rf", DROP_IN_DIR])
+        box.run(["mkdir", "-p", DROP_IN_DIR])
+        box.copy_in(TEMPLATES / "pgpool2-lab.conf", DROP_IN_DIR + "/00-lab.conf", 0o644)
+        if wiring is Wiring.HOOK:
+            box.run(["ln", "-s", HOOK_DROP_IN, DROP_IN_DIR + "/"])
+        else:
+            box.copy_in(TEMPLATES / "manage-reference.conf", DROP_IN_DIR + "/manage.conf", 0o644)
+        box.write_file("/etc/pgpool2/pgpool.conf", pgpool_conf(wiring), 0o640)
+        box.run(["chown", "root:postgres", "/etc/pgpool2/pgpool.conf"])
+        box.run(["systemctl", "daemon-reload"])
+        # Both ways remove the address when pgpool stops; make sure nothing is left.
+        box.run(["ip", "addr", "del", ANYCAST_PREFIX, "dev", "lo"], check=False)
+        if start:
+            self.start_pgpool()
+
+    # -- pgpool ----------------------------------------------------------------
+
+    def start_pgpool(self) -> None:
+        self.run(["systemctl", "reset-failed", "pgpool2"], check=False)
+        self.run(["systemctl", "start", "pgpool2"], timeout=100)
+
+    def stop_pgpool(self) -> None:
+        self.run(["systemctl", "stop", "pgpool2"], timeout=100)
+
+    def restart_pgpool(self) -> None:
+        self.run(["systemctl", "reset-failed", "pgpool2"], check=False)
+        self.run(["systemctl", "restart", "pgpool2"], timeout=100)
+
+    def pgpool_main_pid(self) -> int:
+        """MainPID of pgpool2.service, as seen inside the container (0 if not running)."""
+        out = self.run(["systemctl", "show", "-p", "MainPID", "--value", "pgpool2"]).stdout
+        return int(out.strip() or 0)
+
+    def kill_pgpool(self) -> float:
+        """kill -9 the pgpool main process (a crash); returns time.monotonic() of the kill.
+
+        The signal is sent from here to the host's view of the PID, so the returned
+        instant is the kill itself, not the start of a command inside the container.
+        """
+        inside = self.pgpool_main_pid()
+        if inside <= 0:
+            raise RuntimeError(f"{self.name}: pgpool2 is not running")
+        host_pid = host_pid_of(self.box.pid1, inside)
+        killed_at = time.monotonic()
+        os.kill(host_pid, signal.SIGKILL)
+        return killed_at
+
+    def unit_state(self) -> str:
+        return self.run(["systemctl", "is-active", "pgpool2"], check=False).stdout.strip()
+
+    def attach_node(self, node_id: int) -> str:
+        return self.run(
+            [
+                "pcp_attach_node",
+                "-h",
+                "/var/run/postgresql",
+                "-p",
+                "9898",
+                "-U",
+                PCP_USER,
+                "-w",
+                "-n",
+                str(node_id),
+            ]
+        ).stdout.strip()
+
+    def node_info(self, node_id: int) -> str:
+        return self.run(
+            [
+                "pcp_node_info",
+                "-h",
+                "/var/run/postgresql",
+                "-p",
+                "9898",
+                "-U",
+                PCP_USER,
+                "-w",
+                "-n",
+                str(node_id),
+            ],
+            check=False,
+        ).stdout.strip()
+
+    def node_states(self) -> list[str]:
+        """pgpool's view of each backend: "up", "waiting", "down" (pcp_node_info -a)."""
+        out = self.run(
+            [
+                "pcp_node_info",
+                "-h",
+                "/var/run/postgresql",
+                "-p",
+                "9898",
+                "-U",
+                PCP_USER,
+                "-w",
+                "-a",
+            ],
+            check=False,
+        ).stdout
+        return [line.split()[4] for line in out.splitlines() if len(line.split()) > 4]
+
+    def reset_pgpool(self) -> None:
+        """Back to nominal: stopped, pgpool_status removed (all backends up), started."""
+        self.stop_pgpool()
+        self.run(["rm", "-f", STATUS_FILE])
+        self.start_pgpool()
+
+    def answers(self, timeout: float = 3.0) -> bool:
+        """A new connection to this pgpool's own address from the client gets an answer.
+
+        Catches a pgpool whose children are all stuck, which systemd still calls active.
+        """
+        return measure.answers(self.host.base_ip, PGPOOL_PORT, timeout)
+
+    def has_anycast(self) -> bool:
+        return ANYCAST_PREFIX in self.box.addresses("lo")
+
+    def write_status_file(self, text: str) -> None:
+        self.box.write_file(STATUS_FILE, text, 0o644)
+        self.run(["chown", "postgres:postgres", STATUS_FILE])
+
+    def journal_cursor(self) -> str:
+        """A position in the container's journal, for `unit_log(after=...)`."""
+        out = self.run(["journalctl", "-n", "0", "--show-cursor"], check=False).stdout
+        return out.rsplit("-- cursor: ", 1)[-1].strip() if "-- cursor: " in out else ""
+
+    def unit_log(self, after: str = "") -> list[str]:
+        """pgpool2.service's journal lines (pgpool, systemd, the hook), after a cursor."""
+        cmd = ["journalctl", "--no-pager", "-q", "-o", "short-precise", "-u", "pgpool2"]
+        if after:
+            cmd.append(f"--after-cursor={after}")
+        return self.run(cmd, check=False).stdout.splitlines()
+
+    def hook_lines(self, after: str = "") -> list[str]:
+        """What the hook (or manage-reference.sh) and systemd said about pgpool2, in order.
+
+        The hook logs each run to syslog and to stderr (both land in the journal); each
+        run is shown once.
+        """
+        shown: list[str] = []
+        seen: set[str] = set()
+        for line in self.unit_log(after):
+            if "pgpool-anycast-hook[" in line or "manage-reference" in line:
+                tail = line.split("]: ", 1)[-1].removeprefix("pgpool-anycast-hook: ")
+                if tail in seen:
+                    continue
+                seen.add(tail)
+                shown.append(line)
+            elif "systemd[1]" in line and "obsolete" not in line:
+                shown.append(line)
+        return shown
+
+
+def host_pid_of(pid1: int, inside: int) -> int:
+    """The host PID of the process that has PID `inside` in the container of `pid1`."""
+    pid_ns = os.readlink(f"/proc/{pid1}/ns/pid")
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            nspid = next(
+                line for line in status.read_text().splitlines() if line.startswith("NSpid:")
+            ).split()[1:]
+            if int(nspid[-1]) == inside and os.readlink(status.parent / "ns/pid") == pid_ns:
+                return int(nspid[0])
+        except (OSError, StopIteration, ValueError):
+            continue
+    raise RuntimeError(f"no host PID for PID {inside} of container PID 1 {pid1}")
+
+
+def md5_hex(text: str) -> str:
+    return hashlib.md5(text.encode()).hexdigest()
+
+
+# -- containers across processes ------------------------------------------------
+# `lab up` exits while the containers keep running; `lab down` (or a test session)
+# later finds them through the state file. testbed.Container keeps its nspawn handle
+# in memory only, so these helpers attach to, and stop, a container by its PIDs.
+
+
+NSPAWN_SETTINGS_DIR = Path("/run/systemd/nspawn")
+
+
+def settings_file(name: str) -> Path:
+    return NSPAWN_SETTINGS_DIR / f"{name}.nspawn"
+
+
+def boot(host: Host, root: Path) -> Balancer:
+    # nspawn keeps CAP_NET_ADMIN only with --private-network, not when joining a
+    # namespace; zebra and the hook need it. A trusted per-machine settings file adds it
+    # (testbed.Container has no option for it yet; see the lab's report).
+    NSPAWN_SETTINGS_DIR.mkdir(parents=True, exist_ok=True)
+    settings_file(host.netns).write_text("[Exec]\nCapability=CAP_NET_ADMIN\n")
+    box = Container(host.netns, root, netns=host.netns, stop_timeout=STOP_TIMEOUT)
+    box.start()
+    nspawn_pid = parent_pid(box.pid1)
+    record = state.ContainerRecord(
+        name=host.netns,
+        nspawn=state.ProcessRecord(host.netns, nspawn_pid, state.start_ticks(nspawn_pid) or 0),
+        pid1=box.pid1,
+    )
+    current = state.load()
+    current.containers = [c for c in current.containers if c.name != record.name]
+    current.containers.append(record)
+    state.save(current)
+    return Balancer(host, box)
+
+
+def attach(host: Host, root: Path, record: state.ContainerRecord) -> Balancer:
+    """A Balancer for a container booted by an earlier process (commands only)."""
+    box = Container(host.netns, root, netns=host.netns, stop_timeout=STOP_TIMEOUT)
+    box._pid1 = record.pid1  # testbed has no public attach; see the lab's report
+    return Balancer(host, box)
+
+
+def stop_recorded(record: state.ContainerRecord) -> None:
+    """Orderly poweroff through nspawn's PID, bounded; then SIGKILL; then clean up."""
+    if state.is_alive(record.nspawn):
+        os.kill(record.nspawn.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while state.is_alive(record.nspawn) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if state.is_alive(record.nspawn) and parent_pid(record.pid1) == record.nspawn.pid:
+            os.kill(record.pid1, signal.SIGKILL)
+    remove_leftovers(record.name)
+
+
+def container_cgroups(name: str) -> list[Path]:
+    """The cgroups testbed.Container puts a container's nspawn into (one per hierarchy)."""
+    return [
+        mount / relative / f"pah-nspawn-{name}"
+        for mount, relative in testbed_container.own_cgroup_hierarchies()
+    ]
+
+
+def remove_leftovers(name: str) -> None:
+    """After a run that died at any point: end what is left in the container's cgroups
+    (every process there belongs to it), then remove cgroups and nspawn's files."""
+    deadline = time.monotonic() + 10
+    while True:
+        pids = {pid for cgroup in container_cgroups(name) for pid in cgroup_pids(cgroup)}
+        if not pids or time.monotonic() > deadline:
+            break
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
+    for cgroup in container_cgroups(name):
+        testbed_container.remove_cgroup_tree(cgroup)
+    settings_file(name).unlink(missing_ok=True)
+    propagate = testbed_container.PROPAGATE_DIR / name
+    if propagate.exists():
+        subprocess.run(["rm", "-rf", str(propagate)], check=False, timeout=30)
+
+
+def cgroup_pids(cgroup: Path) -> set[int]:
+    if not cgroup.exists():
+        return set()
+    found: set[int] = set()
+    for procs in cgroup.rglob("cgroup.procs"):
+        with contextlib.suppress(OSError):
+            found.update(int(p) for p in procs.read_text().split())
+    return found
+
+
+def parent_pid(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("PPid:"):
+                return int(line.split()[1])
+    except OSError:
+        return 0
+    return 0

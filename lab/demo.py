@@ -1,0 +1,112 @@
+"""`python3 -m lab demo`: the article's topology, its ECMP spread, a pgpool crash and its
+recovery, told step by step with the router's route table before and after."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+from lab import frr, netns, postgres
+from lab.hosts import ANYCAST, BALANCERS, CLIENT, PGPOOL_PORT, backend_by_ip, balancer_by_ip
+from lab.measure import RouteWatch
+from lab.topology import Lab
+
+CONNECTIONS = 30
+WHO_ANSWERED = "select host(inet_client_addr()), host(inet_server_addr())"
+
+
+def step(title: str) -> None:
+    print(f"\n== {title}", flush=True)
+
+
+def show(text: str) -> None:
+    for line in text.rstrip().splitlines():
+        print(f"   {line}")
+
+
+def psql_who(timeout: int = 3) -> tuple[str, str] | str:
+    """One new psql connection from the client to the anycast address: who answered."""
+    argv = [
+        "env", f"PGCONNECT_TIMEOUT={timeout}", str(postgres.PG_BIN / "psql"),
+        "-X", "-A", "-t", "-F", " ", "-h", ANYCAST, "-p", str(PGPOOL_PORT),
+        "-U", "postgres", "-c", WHO_ANSWERED,
+    ]  # fmt: skip
+    proc = netns.ns_run(CLIENT.netns, argv, check=False, timeout=timeout + 10)
+    if proc.returncode != 0:
+        return proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"
+    client_addr, server_addr = proc.stdout.split()
+    return balancer_by_ip(client_addr), backend_by_ip(server_addr)
+
+
+def spread(count: int) -> Counter[str]:
+    """`count` connections, one table row each; returns how many each balancer served."""
+    print(f"   {'#':>3}  {'balancer (inet_client_addr)':<28} backend (inet_server_addr)")
+    per_balancer: Counter[str] = Counter()
+    for index in range(1, count + 1):
+        answer = psql_who()
+        if isinstance(answer, str):
+            print(f"   {index:>3}  FAILED: {answer}")
+            per_balancer["failed"] += 1
+            continue
+        balancer, backend = answer
+        per_balancer[balancer] += 1
+        print(f"   {index:>3}  {balancer:<28} {backend}")
+    summary = ", ".join(
+        f"{name} {per_balancer[name]}"
+        for name in [b.name for b in BALANCERS] + ["failed"]
+        if per_balancer[name]
+    )
+    print(f"   -> {summary}")
+    return per_balancer
+
+
+def run(lab: Lab) -> None:
+    victim = lab.balancers["bal1"]
+    step("The router's route to the anycast address: one next hop per balancer (ECMP)")
+    show(f"$ ip route show {ANYCAST}/32      # in the router's namespace")
+    show(frr.route_text())
+
+    step(f"{CONNECTIONS} separate connections from the client to {ANYCAST}:{PGPOOL_PORT}")
+    spread(CONNECTIONS)
+
+    step(f"Crash: kill -9 of the pgpool main process on {victim.name}")
+    cursor = victim.journal_cursor()
+    with RouteWatch(duration=60) as watch:
+        main_pid = victim.pgpool_main_pid()
+        killed_at = victim.kill_pgpool()
+        show(f"killed pgpool main process (PID {main_pid} inside {victim.name})")
+        dropped_at, _ = watch.wait_for(
+            lambda h: victim.host.ospf_ip not in h, 30.0, after=killed_at
+        )
+    show(
+        f"the router dropped {victim.host.ospf_ip} {1000 * (dropped_at - killed_at):.0f} ms "
+        "after the kill"
+    )
+    show(f"pgpool2.service is now: {victim.unit_state()}")
+    show("systemd ran the drop-in's ExecStopPost; what the unit logged:")
+    show("\n".join(victim.hook_lines(cursor)))
+    show(f"$ ip route show {ANYCAST}/32")
+    show(frr.route_text())
+
+    step("New connections keep working through the two other balancers")
+    spread(10)
+
+    step(f"Recovery: systemctl start pgpool2 on {victim.name}")
+    show("(Debian's unit and the drop-in have no Restart=; an operator, or a Restart=on-failure")
+    show(" drop-in of your own, starts it again. ExecStartPost waits until pgpool accepts")
+    show(" connections, then announces the address.)")
+    cursor = victim.journal_cursor()
+    with RouteWatch(duration=120) as watch:
+        started_at = time.monotonic()
+        victim.start_pgpool()
+        back_at, _ = watch.wait_for(lambda h: victim.host.ospf_ip in h, 60.0, after=started_at)
+    show(
+        f"the router has {victim.host.ospf_ip} again {1000 * (back_at - started_at):.0f} ms "
+        "after `systemctl start` began"
+    )
+    show("\n".join(victim.hook_lines(cursor)))
+    show(f"$ ip route show {ANYCAST}/32")
+    show(frr.route_text())
+
+    step(f"{CONNECTIONS} connections again")
+    spread(CONNECTIONS)

@@ -1,0 +1,75 @@
+"""The addressing plan: the article's networks, and which namespace holds which address."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+BASE_NET = "198.18.0.0/24"  # bridge br0: backends, balancers, router
+OSPF_NET = "198.18.1.0/24"  # bridge br1: OSPF between router and balancers
+CLIENT_NET = "198.18.3.0/24"  # a point-to-point link between router and client
+LAB_NET = "198.18.0.0/16"  # everything above; trusted by PostgreSQL
+ANYCAST = "198.18.2.0"
+ANYCAST_PREFIX = f"{ANYCAST}/32"
+PGPOOL_PORT = 9999
+POSTGRES_PORT = 5432
+
+SWITCH_NS = "lab-sw"
+PREFIX = "lab-"
+
+
+@dataclass(frozen=True)
+class Host:
+    """One namespace of the lab with its addresses (last octet shared across networks)."""
+
+    name: str  # short name: router, bal1, pg1, client
+    octet: int
+    on_base: bool = True
+    on_ospf: bool = False
+
+    @property
+    def netns(self) -> str:
+        return PREFIX + self.name
+
+    @property
+    def base_ip(self) -> str:
+        return f"198.18.0.{self.octet}"
+
+    @property
+    def ospf_ip(self) -> str:
+        return f"198.18.1.{self.octet}"
+
+    @property
+    def loopback_ip(self) -> str:
+        return f"198.18.2.{self.octet}"
+
+
+ROUTER = Host("router", 90, on_ospf=True)
+BACKENDS = (Host("pg1", 91), Host("pg2", 92), Host("pg3", 93))
+BALANCERS = (
+    Host("bal1", 94, on_ospf=True),
+    Host("bal2", 95, on_ospf=True),
+    Host("bal3", 96, on_ospf=True),
+)
+CLIENT = Host("client", 2, on_base=False)
+ROUTER_CLIENT_IP = "198.18.3.1"
+CLIENT_IP = "198.18.3.2"
+
+PRIMARY = BACKENDS[0]
+ALL_HOSTS = (ROUTER, *BACKENDS, *BALANCERS, CLIENT)
+ALL_NETNS = (SWITCH_NS, *(h.netns for h in ALL_HOSTS))
+
+
+def balancer_by_ip(ip: str) -> str:
+    """Name of the balancer whose base address a backend sees as inet_client_addr()."""
+    for bal in BALANCERS:
+        if ip in (bal.base_ip, bal.ospf_ip):
+            return bal.name
+    return ip
+
+
+def backend_by_ip(ip: str) -> str:
+    """Name of the backend whose address is inet_server_addr()."""
+    for pg in BACKENDS:
+        if ip == pg.base_ip:
+            return pg.name
+    return ip

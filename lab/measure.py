@@ -1,0 +1,175 @@
+"""Observers that run beside the lab: the router's next hops over time, and client load.
+
+Both run as child processes inside lab namespaces (router, client) and report with
+CLOCK_MONOTONIC timestamps, which this process compares with its own time.monotonic().
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from lab import netns
+from lab.hosts import CLIENT, ROUTER
+
+REPO = Path(__file__).resolve().parent.parent
+# Debian's interpreter: it has python3-pyroute2, whatever `python3` is first in PATH.
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def lab_module(netns_name: str, module: str, *args: str) -> list[str]:
+    return netns.in_ns(netns_name, [SYSTEM_PYTHON, "-m", module, *args])
+
+
+class RouteWatch:
+    """The router's next hops for the anycast /32, polled every 5 ms in its namespace."""
+
+    def __init__(self, duration: float = 60.0, interval: float = 0.005) -> None:
+        self.changes: list[tuple[float, list[str]]] = []
+        self._cond = threading.Condition()
+        self._proc = subprocess.Popen(
+            lab_module(
+                ROUTER.netns,
+                "lab.route_watch",
+                "--duration",
+                str(duration),
+                "--interval",
+                str(interval),
+            ),
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.wait_for(lambda hops: True, 10.0)
+
+    def _read(self) -> None:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            change = json.loads(line)
+            with self._cond:
+                self.changes.append((change["t"], change["hops"]))
+                self._cond.notify_all()
+
+    def wait_for(
+        self, predicate: Callable[[list[str]], bool], timeout: float, after: float = 0.0
+    ) -> tuple[float, list[str]]:
+        """First change at or after `after` whose hops satisfy `predicate` (bounded wait).
+
+        The state in force at `after` counts too (a change just before it).
+        """
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for index, (stamp, hops) in enumerate(self.changes):
+                    next_stamp = (
+                        self.changes[index + 1][0]
+                        if index + 1 < len(self.changes)
+                        else float("inf")
+                    )
+                    if next_stamp <= after:
+                        continue
+                    if predicate(hops):
+                        return max(stamp, after), hops
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    last = self.changes[-1][1] if self.changes else None
+                    raise TimeoutError(f"router next hops never matched; last {last}")
+                self._cond.wait(min(left, 0.1))
+
+    def current(self) -> list[str]:
+        with self._cond:
+            return list(self.changes[-1][1]) if self.changes else []
+
+    def stop(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.terminate()
+        self._proc.wait(timeout=10)
+        self._reader.join(timeout=10)
+
+    def __enter__(self) -> RouteWatch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass
+class Attempt:
+    start: float
+    end: float
+    ok: bool
+    balancer: str  # or the error text when not ok
+    backend: str
+
+
+@dataclass
+class LoadResult:
+    attempts: list[Attempt]
+
+    @property
+    def failures(self) -> list[Attempt]:
+        return [a for a in self.attempts if not a.ok]
+
+    def by_balancer(self) -> Counter[str]:
+        return Counter(a.balancer for a in self.attempts if a.ok)
+
+    def by_backend(self) -> Counter[str]:
+        return Counter(a.backend for a in self.attempts if a.ok)
+
+    def errors(self) -> Counter[str]:
+        return Counter(a.balancer for a in self.failures)
+
+
+class Load:
+    """Connection-per-query load from the client namespace at a fixed rate (bounded)."""
+
+    def __init__(self, rate: float, duration: float, timeout: float = 2.0) -> None:
+        self.duration = duration
+        self._proc = subprocess.Popen(
+            lab_module(
+                CLIENT.netns,
+                "lab.load",
+                "--rate",
+                str(rate),
+                "--duration",
+                str(duration),
+                "--timeout",
+                str(timeout),
+            ),
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+
+    def result(self) -> LoadResult:
+        out, _ = self._proc.communicate(timeout=self.duration + 60)
+        if self._proc.returncode != 0:
+            raise RuntimeError(f"load generator exited {self._proc.returncode}")
+        raw = json.loads(out)
+        return LoadResult([Attempt(*a) for a in raw["attempts"]])
+
+
+def connect_many(count: int) -> LoadResult:
+    """`count` separate connections one after another (no rate), who answered each."""
+    load = Load(rate=200.0, duration=count / 200.0)
+    return load.result()
+
+
+def answers(host: str, port: int, timeout: float) -> bool:
+    """One connection from the client namespace to host:port answers (bounded)."""
+    proc = subprocess.run(
+        lab_module(CLIENT.netns, "lab.probe", host, str(port), str(timeout)),
+        cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout + 30,
+        check=False,
+    )  # fmt: skip
+    return proc.returncode == 0

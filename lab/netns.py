@@ -1,0 +1,165 @@
+"""Namespaces, links and commands inside them. Nothing here touches the host's namespace:
+veth pairs are created with both ends placed directly in lab namespaces."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from lab.hosts import (
+    ALL_HOSTS,
+    ALL_NETNS,
+    CLIENT,
+    CLIENT_IP,
+    ROUTER,
+    ROUTER_CLIENT_IP,
+    SWITCH_NS,
+    Host,
+)
+
+NETNS_DIR = Path("/run/netns")
+COMMAND_TIMEOUT = 60.0
+
+
+def run(
+    argv: list[str],
+    *,
+    timeout: float = COMMAND_TIMEOUT,
+    check: bool = True,
+    input_text: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run a command with a time bound; raise with its output when it fails."""
+    proc = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=input_text,
+        stdin=None if input_text else subprocess.DEVNULL,
+    )
+    if check and proc.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(argv)}: exit {proc.returncode}\n{proc.stdout}{proc.stderr}".rstrip()
+        )
+    return proc
+
+
+def in_ns(netns: str, argv: list[str]) -> list[str]:
+    return ["ip", "netns", "exec", netns, *argv]
+
+
+def ns_run(netns: str, argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return run(in_ns(netns, argv), **kwargs)  # type: ignore[arg-type]
+
+
+def exists(netns: str) -> bool:
+    return (NETNS_DIR / netns).exists()
+
+
+def create_all() -> None:
+    """All namespaces, the two bridges, every veth, address and sysctl of the plan."""
+    for name in ALL_NETNS:
+        if not exists(name):
+            run(["ip", "netns", "add", name])
+        ns_run(name, ["ip", "link", "set", "lo", "up"])
+    for bridge in ("br0", "br1"):
+        ns_run(SWITCH_NS, ["ip", "link", "add", bridge, "type", "bridge"])
+        ns_run(SWITCH_NS, ["ip", "link", "set", bridge, "up"])
+    for host in ALL_HOSTS:
+        if host.on_base:
+            plug(host, "eth0", "br0", host.base_ip)
+        if host.on_ospf:
+            plug(host, "eth1", "br1", host.ospf_ip)
+        if host is not CLIENT:
+            ns_run(host.netns, ["ip", "addr", "add", f"{host.loopback_ip}/32", "dev", "lo"])
+        # Replies from the anycast address may leave by another interface than the
+        # request came in on; keep reverse-path filtering out of the way.
+        sysctl(host.netns, "net.ipv4.conf.all.rp_filter", "0")
+        sysctl(host.netns, "net.ipv4.conf.default.rp_filter", "0")
+    link_client()
+    for key, value in (
+        ("net.ipv4.ip_forward", "1"),
+        ("net.ipv4.fib_multipath_hash_policy", "1"),  # L4 hash: flows spread by port
+        ("net.ipv4.fib_multipath_use_neigh", "1"),
+    ):
+        sysctl(ROUTER.netns, key, value)
+
+
+def plug(host: Host, ifname: str, bridge: str, address: str) -> None:
+    """One veth: `ifname` in the host's namespace, its peer enslaved to `bridge`."""
+    peer = f"{host.name}-{ifname[-1]}"
+    run(
+        [
+            "ip",
+            "link",
+            "add",
+            ifname,
+            "netns",
+            host.netns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            peer,
+            "netns",
+            SWITCH_NS,
+        ]
+    )
+    ns_run(SWITCH_NS, ["ip", "link", "set", peer, "master", bridge, "up"])
+    ns_run(host.netns, ["ip", "addr", "add", f"{address}/24", "dev", ifname])
+    ns_run(host.netns, ["ip", "link", "set", ifname, "up"])
+
+
+def link_client() -> None:
+    """The client hangs off the router by its own link, with a route to the lab only."""
+    run(
+        [
+            "ip",
+            "link",
+            "add",
+            "eth2",
+            "netns",
+            ROUTER.netns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            CLIENT.netns,
+        ]
+    )
+    ns_run(ROUTER.netns, ["ip", "addr", "add", f"{ROUTER_CLIENT_IP}/24", "dev", "eth2"])
+    ns_run(ROUTER.netns, ["ip", "link", "set", "eth2", "up"])
+    ns_run(CLIENT.netns, ["ip", "addr", "add", f"{CLIENT_IP}/24", "dev", "eth0"])
+    ns_run(CLIENT.netns, ["ip", "link", "set", "eth0", "up"])
+    ns_run(CLIENT.netns, ["ip", "route", "add", "198.18.0.0/22", "via", ROUTER_CLIENT_IP])
+
+
+def sysctl(netns: str, key: str, value: str) -> None:
+    ns_run(netns, ["sysctl", "-q", "-w", f"{key}={value}"])
+
+
+def pids_in(netns: str) -> list[int]:
+    """Every process in a lab namespace: all of them are ours, since we made the namespace."""
+    if not exists(netns):
+        return []
+    proc = run(["ip", "netns", "pids", netns], check=False)
+    return [int(word) for word in proc.stdout.split()]
+
+
+def delete_all() -> None:
+    for name in ALL_NETNS:
+        if exists(name):
+            run(["ip", "netns", "del", name], check=False)
+
+
+def run_background(netns_name: str, argv: list[str]) -> subprocess.Popen[str]:
+    """Start a bounded command (the caller's job) inside a namespace; output captured."""
+    return subprocess.Popen(
+        in_ns(netns_name, argv),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )

@@ -1,0 +1,114 @@
+"""What the lab started, kept in a JSON file so that `down` works after any failure.
+
+Processes are recorded with their start time from /proc, so a PID that was reused by an
+unrelated process after ours exited is never signalled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+LAB_DIR = Path(os.environ.get("PAH_LAB_DIR", "/var/tmp/pgpool-anycast-hook-lab"))
+STATE_FILE = LAB_DIR / "state.json"
+
+
+@dataclass
+class ProcessRecord:
+    """A daemon the lab started by hand: which namespace, and how to recognise it again."""
+
+    name: str
+    pid: int
+    start_ticks: int
+
+
+@dataclass
+class ContainerRecord:
+    """A balancer container: the nspawn process (host side) and the container's PID 1."""
+
+    name: str
+    nspawn: ProcessRecord
+    pid1: int
+
+
+@dataclass
+class LabState:
+    processes: list[ProcessRecord] = field(default_factory=list)
+    containers: list[ContainerRecord] = field(default_factory=list)
+    wiring: str = "hook"
+    ready: bool = False
+
+
+def load() -> LabState:
+    try:
+        raw = json.loads(STATE_FILE.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return LabState()
+    return LabState(
+        processes=[ProcessRecord(**p) for p in raw.get("processes", [])],
+        containers=[
+            ContainerRecord(c["name"], ProcessRecord(**c["nspawn"]), c["pid1"])
+            for c in raw.get("containers", [])
+        ],
+        wiring=str(raw.get("wiring", "hook")),
+        ready=bool(raw.get("ready", False)),
+    )
+
+
+def save(state: LabState) -> None:
+    """Write atomically: a crash mid-write must not lose the PIDs `down` needs."""
+    LAB_DIR.mkdir(parents=True, exist_ok=True)
+    partial = STATE_FILE.with_suffix(".partial")
+    partial.write_text(json.dumps(asdict(state), indent=1))
+    partial.replace(STATE_FILE)
+
+
+def start_ticks(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat (start time in clock ticks), or None if PID is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name (field 2) may contain spaces; fields after it start past ')'.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] == "Z":
+        return None
+    return int(fields[19])
+
+
+def record_process(name: str, pid: int) -> None:
+    ticks = start_ticks(pid)
+    if ticks is None:
+        raise RuntimeError(f"{name} (pid {pid}) exited right after start")
+    state = load()
+    state.processes = [p for p in state.processes if p.name != name]
+    state.processes.append(ProcessRecord(name, pid, ticks))
+    save(state)
+
+
+def forget_process(name: str) -> None:
+    state = load()
+    state.processes = [p for p in state.processes if p.name != name]
+    save(state)
+
+
+def is_alive(record: ProcessRecord) -> bool:
+    return start_ticks(record.pid) == record.start_ticks
+
+
+def stop_process(record: ProcessRecord, grace: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds; only if it is still the same process."""
+    if not is_alive(record):
+        return
+    os.kill(record.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if not is_alive(record):
+            return
+        time.sleep(0.05)
+    if is_alive(record):
+        os.kill(record.pid, signal.SIGKILL)

@@ -1,0 +1,221 @@
+"""Bring the whole lab up and down. `up` is idempotent; `down` works after any failure.
+
+Order of `up`: namespaces and links, the router's FRR, PostgreSQL, the .deb, then the three
+balancer containers in parallel; ready when the router has one next hop per balancer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+from lab import balancers, frr, netns, postgres, state
+from lab.balancers import Balancer, Wiring
+from lab.hosts import ALL_NETNS, BACKENDS, BALANCERS
+from testbed import rootfs
+
+REPO = Path(__file__).resolve().parent.parent
+DEB_ENV = "PAH_DEB"  # the same override as tests/systemd
+SUITE = "bookworm"
+# Sources whose change makes dist/*.deb stale (the lab must run the checkout's hook).
+DEB_SOURCES = ("pyproject.toml", "README.md", "pgpool_anycast_hook", "packaging", "conf.d", "docs")
+CONVERGE_TIMEOUT = 60.0
+
+
+def say(message: str) -> None:
+    print(f"[lab {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+class Lab:
+    """Handles to a running lab: the balancers by name, plus shortcuts used by tests."""
+
+    def __init__(self, balancer_list: list[Balancer], wiring: Wiring) -> None:
+        self.balancers = {b.name: b for b in balancer_list}
+        self.wiring = wiring
+
+    def all_next_hops(self) -> set[str]:
+        return {b.host.ospf_ip for b in self.balancers.values()}
+
+    def is_nominal(self) -> bool:
+        """Every backend runs, every pgpool runs with all backends attached, three hops."""
+        if not all(postgres.is_running(pg) for pg in BACKENDS):
+            return False
+        if any(not is_healthy(b) for b in self.balancers.values()):
+            return False
+        return set(frr.next_hops()) == self.all_next_hops()
+
+    def restore(self) -> None:
+        """Undo what a test or the demo did: start stopped parts, reattach, reconverge."""
+        for pg in BACKENDS:
+            if not postgres.is_running(pg):
+                postgres.start(pg)
+        postgres.wait_streaming(len(BACKENDS) - 1, 30.0)
+        stale = [b for b in self.balancers.values() if not is_healthy(b)]
+        run_parallel([b.reset_pgpool for b in stale])
+        frr.wait_next_hops(self.all_next_hops(), CONVERGE_TIMEOUT)
+
+    def rewire(self, wiring: Wiring) -> None:
+        """Switch every balancer to `wiring` (stop, reconfigure, start), then converge."""
+        run_parallel([partial(b.rewire, wiring) for b in self.balancers.values()])
+        self.wiring = wiring
+        current = state.load()
+        current.wiring = wiring.value
+        state.save(current)
+        frr.wait_next_hops(self.all_next_hops(), CONVERGE_TIMEOUT)
+
+
+def is_healthy(bal: Balancer) -> bool:
+    """pgpool runs, sees every backend attached, and answers a new connection."""
+    if bal.unit_state() != "active":
+        return False
+    if any(s not in ("up", "waiting") for s in bal.node_states()):
+        return False
+    return bal.answers()
+
+
+def up(wiring: Wiring = Wiring.HOOK) -> Lab:
+    """Build the lab, or reuse the running one if every part is still alive."""
+    started = time.monotonic()
+    reused = attach_running()
+    if reused is not None:
+        say("lab already up; reusing it")
+        try:
+            if reused.wiring is not wiring:
+                reused.rewire(wiring)
+            elif not reused.is_nominal():
+                say("restoring it to its starting state")
+                reused.restore()
+            return reused
+        except (RuntimeError, TimeoutError, subprocess.SubprocessError) as error:
+            say(f"cannot reuse it ({error}); building a new one")
+    down(quiet=True)
+    deb = hook_deb()
+    root = rootfs.ensure_root(SUITE)
+    state.LAB_DIR.mkdir(parents=True, exist_ok=True)
+    state.LAB_DIR.chmod(0o755)
+    state.save(state.LabState(wiring=wiring.value))
+    say("namespaces, bridges and links")
+    netns.create_all()
+    say("router: zebra and ospfd")
+    frr.start_router()
+    say("PostgreSQL: primary pg1, replicas pg2 and pg3")
+    postgres.setup_all()
+    say("balancers: booting three systemd containers")
+    booted: dict[str, Balancer] = {}
+
+    def bring_up(host_index: int) -> None:
+        host = BALANCERS[host_index]
+        bal = balancers.boot(host, root)
+        booted[host.name] = bal
+        bal.configure(deb, wiring)
+
+    run_parallel([partial(bring_up, i) for i in range(len(BALANCERS))])
+    lab = Lab([booted[b.name] for b in BALANCERS], wiring)
+    say("waiting for the router to learn the anycast route from all three")
+    frr.wait_next_hops(lab.all_next_hops(), CONVERGE_TIMEOUT)
+    current = state.load()
+    current.ready = True
+    state.save(current)
+    say(f"lab up in {time.monotonic() - started:.1f}s")
+    return lab
+
+
+def attach_running() -> Lab | None:
+    """The running lab from the state file, if all its processes and containers live."""
+    current = state.load()
+    if not current.ready or len(current.containers) != len(BALANCERS):
+        return None
+    if not all(state.is_alive(p) for p in current.processes):
+        return None
+    if not all(state.is_alive(c.nspawn) for c in current.containers):
+        return None
+    root = rootfs.ensure_root(SUITE)
+    records = {c.name: c for c in current.containers}
+    found = [balancers.attach(h, root, records[h.netns]) for h in BALANCERS]
+    return Lab(found, Wiring(current.wiring))
+
+
+def down(quiet: bool = False) -> None:
+    """Stop containers and processes by recorded PID, then empty and delete namespaces."""
+    current = state.load()
+    if not quiet:
+        say("tearing down")
+    run_parallel([partial(balancers.stop_recorded, c) for c in current.containers])
+    for record in current.processes:
+        state.stop_process(record)
+    # Anything still inside a lab namespace was started by the lab (the namespaces are
+    # ours); a failed run may have left such processes without a state entry.
+    for name in ALL_NETNS:
+        for pid in netns.pids_in(name):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    for host in BALANCERS:  # containers a failed `up` had not recorded yet
+        balancers.remove_leftovers(host.netns)
+    netns.delete_all()
+    for directory in (postgres.PG_DIR, frr.ROUTER_DIR):
+        shutil.rmtree(directory, ignore_errors=True)
+    state.STATE_FILE.unlink(missing_ok=True)
+
+
+def hook_deb() -> Path:
+    """The .deb built from this checkout: $PAH_HOOK_DEB, or dist/, rebuilt when stale."""
+    override = os.environ.get(DEB_ENV)
+    if override:
+        return Path(override)
+    built = sorted(glob.glob(str(REPO / "dist/pgpool-anycast-hook_*_all.deb")))
+    newest_source = max(newest_mtime(REPO / s) for s in DEB_SOURCES)
+    if built and Path(built[-1]).stat().st_mtime >= newest_source:
+        return Path(built[-1])
+    script = REPO / "packaging/build-deb.sh"
+    say(f"building the hook's .deb with {script.relative_to(REPO)}")
+    subprocess.run(
+        ["bash", str(script)], cwd=REPO, check=True, timeout=900, stdin=subprocess.DEVNULL
+    )
+    built = sorted(glob.glob(str(REPO / "dist/pgpool-anycast-hook_*_all.deb")))
+    if not built:
+        raise RuntimeError(f"{script} left no dist/pgpool-anycast-hook_*_all.deb")
+    return Path(built[-1])
+
+
+def newest_mtime(path: Path) -> float:
+    if not path.exists():
+        return 0.0
+    if path.is_file():
+        return path.stat().st_mtime
+    return max(
+        (
+            p.stat().st_mtime
+            for p in path.rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts
+        ),
+        default=0.0,
+    )
+
+
+def run_parallel(tasks: list[Callable[[], object]]) -> None:
+    """Run callables in threads; re-raise the first failure after all have finished."""
+    errors: list[BaseException] = []
+
+    def guarded(task: Callable[[], object]) -> None:
+        try:
+            task()
+        except BaseException as error:  # re-raised below, after all threads end
+            errors.append(error)
+
+    threads = [threading.Thread(target=guarded, args=(t,)) for t in tasks]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
