@@ -10,14 +10,17 @@ from __future__ import annotations
 import contextlib
 import enum
 import hashlib
+import json
 import os
 import signal
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from lab import frr, measure, state
+from lab import frr, measure, netns, state
 from lab.hosts import (
+    ANYCAST,
     ANYCAST_PREFIX,
     BACKENDS,
     PGPOOL_PORT,
@@ -385,3 +388,122 @@ def parent_pid(pid: int) -> int:
     except OSError:
         return 0
     return 0
+
+
+# -- planned-stop orders (bench/drain_orders) -------------------------------------
+# Three ways to stop pgpool on a hook-wired balancer for a planned stop and start.
+# Each is set with two files of its own, a conf.d toml and a drop-in that sorts after
+# the packaged one; clear_stop_order() removes both and any serving route left over.
+
+STOP_ORDER_TOML = "/etc/pgpool-anycast-hook/conf.d/60-stop-order.toml"
+STOP_ORDER_DROP_IN = DROP_IN_DIR + "/zz-stop-order.conf"
+# An empty ExecStop= drops the packaged `drain`: systemd signals pgpool at once.
+NO_DRAIN_DROP_IN = "[Service]\nExecStop=\n"
+SERVING_PROTOCOL = "177"  # pgpool_anycast_hook.serving_routes.SERVING_PROTOCOL
+
+
+class StopOrder(enum.Enum):
+    STOP_THEN_WITHDRAW = "a. stop, then withdraw (manage.sh)"
+    WITHDRAW_THEN_STOP = "b. withdraw, then stop"
+    DRAIN = "c. drain, serving_route"
+
+
+def set_stop_order(
+    bal: Balancer, order: StopOrder, drain_seconds: float = 1.0, drain_timeout: float = 5.0
+) -> None:
+    """Configure `order` on a balancer wired with Wiring.HOOK; pgpool keeps running."""
+    serving = order is StopOrder.DRAIN
+    bal.box.write_file(
+        STOP_ORDER_TOML,
+        f"serving_route = {'true' if serving else 'false'}\n"
+        f"drain_seconds = {drain_seconds:g}\ndrain_timeout = {drain_timeout:g}\n",
+    )
+    if serving:
+        bal.run(["rm", "-f", STOP_ORDER_DROP_IN])
+    else:
+        bal.box.write_file(STOP_ORDER_DROP_IN, NO_DRAIN_DROP_IN)
+    bal.run(["systemctl", "daemon-reload"])
+    if serving:
+        bal.run([HOOK, "reconcile"])  # adds the serving route beside the address
+    else:
+        remove_serving_route(bal)  # the hook leaves them alone with serving_route off
+
+
+def clear_stop_order(bal: Balancer) -> None:
+    """Back to the lab's own configuration (the packaged drop-in, no serving route)."""
+    bal.run(["rm", "-f", STOP_ORDER_TOML, STOP_ORDER_DROP_IN])
+    bal.run(["systemctl", "daemon-reload"])
+    remove_serving_route(bal)
+
+
+def stop_and_start(bal: Balancer, order: StopOrder) -> None:
+    """One planned stop and start of pgpool, in `order` (set with set_stop_order)."""
+    if order is StopOrder.DRAIN:
+        bal.restart_pgpool()  # ExecStop= drain 0, then SIGINT, then ExecStopPost= del 0
+        return
+    if order is StopOrder.WITHDRAW_THEN_STOP:
+        bal.run([HOOK, "del", "0"])
+    bal.stop_pgpool()
+    bal.start_pgpool()
+
+
+def serving_route_text(bal: Balancer) -> str:
+    """`ip route show table local proto 177` in the balancer's namespace."""
+    return netns.ns_run(
+        bal.host.netns, ["ip", "route", "show", "table", "local", "proto", SERVING_PROTOCOL]
+    ).stdout.strip()
+
+
+def has_serving_route(bal: Balancer) -> bool:
+    return any(
+        line.split()[:2] == ["local", ANYCAST] for line in serving_route_text(bal).splitlines()
+    )
+
+
+def remove_serving_route(bal: Balancer) -> None:
+    if has_serving_route(bal):
+        netns.ns_run(
+            bal.host.netns,
+            ["ip", "route", "del", "local", ANYCAST_PREFIX, "dev", "lo", "table", "local",
+             "proto", SERVING_PROTOCOL],
+        )  # fmt: skip
+
+
+def zebra_route_text(bal: Balancer) -> str:
+    """What FRR's zebra on the balancer holds for the anycast /32 (vtysh)."""
+    return bal.run(["vtysh", "-c", f"show ip route {ANYCAST_PREFIX}"]).stdout.strip()
+
+
+def zebra_route_protocols(bal: Balancer) -> list[str]:
+    """The protocols of zebra's routes for the anycast /32: "connected", "ospf", ..."""
+    out = bal.run(["vtysh", "-c", f"show ip route {ANYCAST_PREFIX} json"]).stdout
+    return sorted(r["protocol"] for r in json.loads(out or "{}").get(ANYCAST_PREFIX, []))
+
+
+@dataclass
+class DrainFacts:
+    """What FRR and the kernel held while the router's route lacked the victim (drain)."""
+
+    router_hops: list[str]
+    router_has_victim: bool
+    serving_route: str  # `ip route show table local proto 177` on the victim
+    has_serving_route: bool
+    address_on_lo: bool
+    zebra_protocols: list[str]  # of zebra's routes for the /32 on the victim
+    zebra_text: str  # `vtysh -c 'show ip route 198.18.2.0/32'` on the victim
+    unit_state: str  # "deactivating": ExecStop= (drain) still runs
+
+
+def drain_facts(victim: Balancer) -> DrainFacts:
+    """Taken while the router's route lacks `victim`, during its drain."""
+    router_hops = frr.next_hops()
+    return DrainFacts(
+        router_hops=router_hops,
+        router_has_victim=victim.host.ospf_ip in router_hops,
+        serving_route=serving_route_text(victim),
+        has_serving_route=has_serving_route(victim),
+        address_on_lo=victim.has_anycast(),
+        zebra_protocols=zebra_route_protocols(victim),
+        zebra_text=zebra_route_text(victim),
+        unit_state=victim.unit_state(),
+    )

@@ -173,3 +173,69 @@ def answers(host: str, port: int, timeout: float) -> bool:
         check=False,
     )  # fmt: skip
     return proc.returncode == 0
+
+
+# -- one planned stop and start under load (bench/drain_orders) --------------------
+
+
+@dataclass
+class PlannedStop:
+    """What the router and the client saw around one planned stop and start of a balancer.
+
+    Times are time.monotonic(); `seen` is what `while_withdrawn` returned, if given.
+    """
+
+    result: LoadResult
+    started_at: float  # the stop-and-start command began
+    withdrawn_at: float  # the router's route lost the balancer's next hop
+    hops_withdrawn: list[str]  # the router's next hops just then
+    back_at: float  # the router's route has the next hop again
+    finished_at: float  # the stop-and-start command returned
+    seen: object
+
+    def failed_in_flight(self, instant: float) -> list[Attempt]:
+        """Failures of connections under way at `instant`, such as a change of the
+        router's next hops, which moves some flows to another balancer (ECMP rehash)."""
+        return [a for a in self.result.failures if a.start <= instant <= a.end + 0.05]
+
+
+def planned_stop_under_load(
+    stop_and_start: Callable[[], object],
+    hop: str,
+    rate: float,
+    seconds: float,
+    lead: float = 1.5,
+    while_withdrawn: Callable[[], object] | None = None,
+) -> PlannedStop:
+    """Load from the client for `seconds`; after `lead` s run `stop_and_start` (in a
+    thread) and follow the router's next hop `hop` out and back in. `while_withdrawn`
+    runs as soon as the router has dropped the hop."""
+    errors: list[BaseException] = []
+
+    def guarded() -> None:
+        try:
+            stop_and_start()
+        except BaseException as error:  # re-raised below, after the load finished
+            errors.append(error)
+
+    with RouteWatch(duration=seconds + 120) as watch:
+        load = Load(rate=rate, duration=seconds)
+        time.sleep(lead)
+        worker = threading.Thread(target=guarded)
+        started_at = time.monotonic()
+        worker.start()
+        try:
+            withdrawn_at, hops = watch.wait_for(lambda h: hop not in h, 30.0, after=started_at)
+            seen = while_withdrawn() if while_withdrawn else None
+            back_at, _ = watch.wait_for(lambda h: hop in h, 90.0, after=withdrawn_at)
+        except TimeoutError:
+            worker.join(timeout=120.0)
+            if errors:  # the command failed: that is the news, not the route
+                raise errors[0] from None
+            raise
+        worker.join(timeout=120.0)
+        finished_at = time.monotonic()
+        result = load.result()
+    if errors:
+        raise errors[0]
+    return PlannedStop(result, started_at, withdrawn_at, hops, back_at, finished_at, seen)
