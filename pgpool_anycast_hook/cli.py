@@ -12,7 +12,7 @@ import click
 
 from pgpool_anycast_hook import __version__
 from pgpool_anycast_hook.errors import ExitCode, HookError, UsageError
-from pgpool_anycast_hook.hook_argv import HookArgs, parse_drain_args, parse_verb_args
+from pgpool_anycast_hook.hook_argv import HookArgs, parse_node_id, parse_verb_args
 
 EXIT_CODES_HELP = """\b
 Exit status:
@@ -59,7 +59,7 @@ class Options:
 
 
 def _run_hook_verb(ctx: click.Context, verb: str, args: tuple[str, ...]) -> None:
-    from pgpool_anycast_hook import hook
+    from pgpool_anycast_hook.hook import run_hook
 
     options: Options = ctx.obj
     try:
@@ -67,7 +67,7 @@ def _run_hook_verb(ctx: click.Context, verb: str, args: tuple[str, ...]) -> None
     except UsageError as error:
         raise click.UsageError(str(error), ctx) from None
     hook_args = HookArgs(verb, node, old_primary, options.config_path, options.dry_run, wait_ready)
-    ctx.exit(hook.run_fast_verb(hook_args))
+    ctx.exit(run_hook(hook_args))
 
 
 @click.group(help=MAIN_HELP, context_settings={"help_option_names": ["--help", "-h"]})
@@ -226,10 +226,10 @@ def enable(ctx: click.Context) -> None:
                         lambda config, log: run(config, options.dry_run, log)))  # fmt: skip
 
 
-@cli.command(context_settings=_RAW)
-@click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="[NODE_ID]")
+@cli.command()
+@click.argument("node", required=False, metavar="[NODE_ID]")
 @click.pass_context
-def drain(ctx: click.Context, args: tuple[str, ...]) -> None:
+def drain(ctx: click.Context, node: str | None) -> None:
     """Before a planned stop: withdraw, wait for the routers and for clients.
 
     Waits drain_seconds, then at most drain_timeout for established
@@ -237,16 +237,18 @@ def drain(ctx: click.Context, args: tuple[str, ...]) -> None:
     pgpool. NODE_ID defaults to primary_node_id. Exit 75 if clients were still
     connected at drain_timeout. Wire it to ExecStop.
     """
-    from pgpool_anycast_hook import hook
+    from pgpool_anycast_hook.drain import drain as run
+    from pgpool_anycast_hook.drain import extra_seconds
+    from pgpool_anycast_hook.logged_run import run_logged
 
     options: Options = ctx.obj
     try:
-        node_id = parse_drain_args(list(args))
+        node_id = parse_node_id(node) if node is not None else None
     except UsageError as error:
         raise click.UsageError(str(error), ctx) from None
-    ctx.exit(
-        hook.run_fast_verb(HookArgs("drain", node_id, None, options.config_path, options.dry_run))
-    )
+    ctx.exit(run_logged("drain", options.config_path,
+                        lambda config, log: run(config, node_id, options.dry_run, log),
+                        extra_seconds=extra_seconds))  # fmt: skip
 
 
 @cli.command()

@@ -40,7 +40,7 @@ class Config(NamedTuple):
     lock_timeout: float = 3.0
     deadline: float = 5.0
     drain_seconds: float = 2.0
-    drain_timeout: float = 30.0
+    drain_timeout: float = 10.0
     check_timeout: float = 2.0
     check_query: bool = False
     check_rise: int = 2

@@ -9,9 +9,10 @@
 4. Return; systemd then stops pgpool, and ExecStopPost's `del` removes the
    serving routes.
 
-systemd runs ExecStop after a crash too (kill -9, OOM): then drain is the first
-to withdraw, so it runs without click (main.py), and with pgpool gone it skips
-the waits.
+When pgpool is already gone (its pid file names no living pgpool), there is
+nothing to drain: it withdraws and returns without waiting. (systemd 252 does not
+run ExecStop after the main process was killed; ExecStopPost's `del` withdraws
+then. Where ExecStop does run after an exit, this keeps it short.)
 
 Without serving_route, step 1 also stops this node from accepting packets for the
 address: in-flight sessions stall and the drain only shortens the window in which
@@ -59,18 +60,6 @@ def extra_seconds(config: Config) -> float:
     return config.drain_seconds + config.drain_timeout
 
 
-def run_drain(config_path: str | None, node: int | None, dry_run: bool) -> int:
-    """`drain [NODE_ID]` with its one log line (main.py's fast path and cli.py)."""
-    from pgpool_anycast_hook.logged_run import run_logged
-
-    return run_logged(
-        "drain",
-        config_path,
-        lambda config, log: drain(config, node, dry_run, log),
-        extra_seconds=extra_seconds,
-    )
-
-
 def drain(config: Config, node: int | None, dry_run: bool, log: RunLog) -> int:
     """Exit 0 when drained, TEMPFAIL (75) when clients were still connected at drain_timeout."""
     node = config.primary_node_id if node is None else node
@@ -90,7 +79,7 @@ def drain(config: Config, node: int | None, dry_run: bool, log: RunLog) -> int:
             serving="kept" if config.serving_route else "stopped")  # fmt: skip
     pgpool_pid = read_pid_file(settings.pid_file)
     if not pgpool_alive(pgpool_pid):
-        # After a crash systemd runs ExecStop too: nothing is left to drain.
+        # pgpool exited before the stop: nothing is left to drain.
         log.set(pgpool="gone")
         if dry_run:
             log.set(result="dry-run")

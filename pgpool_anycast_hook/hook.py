@@ -80,17 +80,7 @@ def apply(config: Config, decision: Decision, dry_run: bool, log: RunLog) -> Non
         log.set(changed="none")
 
 
-def run_fast_verb(args: HookArgs) -> int:
-    """Run what hook_argv parsed: add, del, clean or drain."""
-    if args.verb == "drain":
-        from pgpool_anycast_hook.drain import run_drain
-
-        return run_drain(args.config_path, args.node, args.dry_run)
-    return run_hook(args)
-
-
 def run_hook(args: HookArgs) -> int:
-    assert args.node is not None  # hook_argv requires NODE_ID for add, del and clean
     event = HookEvent(Verb(args.verb), args.node, args.old_primary)
 
     def body(config: Config, log: RunLog) -> int:

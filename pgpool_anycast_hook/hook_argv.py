@@ -1,7 +1,6 @@
 """Parse the command lines pgpool and systemd use, without importing click.
 
-`add`, `del` and `clean` sit on pgpool's failover path (and `drain`, the first
-to withdraw after a crash, on systemd's): pgpool blocks its clients
+`add`, `del` and `clean` sit on pgpool's failover path: pgpool blocks its clients
 while the hook runs, and importing click costs more than the rest of a withdrawal.
 So these three verbs are parsed here, by hand, and click (see cli.py) is loaded only
 for everything else (`--help`, `status`, ...). cli.py's add/del/clean commands call
@@ -22,9 +21,6 @@ from typing import NamedTuple
 from pgpool_anycast_hook.errors import UsageError
 
 HOOK_VERBS = ("add", "del", "clean")
-# drain runs from ExecStop, also right after a crash, where it is the first to
-# withdraw: it takes this path too. Its NODE_ID is optional.
-FAST_VERBS = (*HOOK_VERBS, "drain")
 MAX_NODE_ID = 127  # pgpool's MAX_NUM_BACKENDS is 128
 MAX_WAIT_READY = 600.0
 _BLANKS = " \t\n\r\v\f"
@@ -33,7 +29,7 @@ _HELP_FLAGS = ("--help", "-h", "--version")
 
 class HookArgs(NamedTuple):
     verb: str
-    node: int | None  # None only for `drain` without NODE_ID: the configured primary
+    node: int
     old_primary: int | None = None
     config_path: str | None = None
     dry_run: bool = False
@@ -113,13 +109,6 @@ def parse_verb_args(verb: str, args: list[str]) -> tuple[int, int | None, float]
     return node, old_primary, wait_ready
 
 
-def parse_drain_args(args: list[str]) -> int | None:
-    """`drain [NODE_ID]`."""
-    if len(args) > 1:
-        raise UsageError("drain takes at most one NODE_ID")
-    return parse_node_id(args[0]) if args else None
-
-
 def parse_hook_argv(argv: list[str]) -> HookArgs | None:
     """Parse a hook invocation, or return None when click should handle argv.
 
@@ -128,13 +117,10 @@ def parse_hook_argv(argv: list[str]) -> HookArgs | None:
     if any(arg in _HELP_FLAGS for arg in argv):
         return None
     options = split_global_options(argv)
-    if not options.rest or options.rest[0] not in FAST_VERBS:
+    if not options.rest or options.rest[0] not in HOOK_VERBS:
         return None
     if options.config_path == "":
         raise UsageError("--config needs a non-empty PATH")
     verb = options.rest[0]
-    if verb == "drain":
-        node = parse_drain_args(options.rest[1:])
-        return HookArgs(verb, node, None, options.config_path, options.dry_run)
     node, old_primary, wait_ready = parse_verb_args(verb, options.rest[1:])
     return HookArgs(verb, node, old_primary, options.config_path, options.dry_run, wait_ready)

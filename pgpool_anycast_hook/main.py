@@ -1,6 +1,6 @@
 """Entry point of the `pgpool-anycast-hook` console script.
 
-Kept tiny on purpose: add/del/clean (and drain) go straight to hook.py through
+Kept tiny on purpose: pgpool's add/del/clean calls go straight to hook.py through
 the hand-written parser in hook_argv.py; click (cli.py) is imported only for
 everything else.
 """
@@ -43,9 +43,9 @@ def main(argv: list[str] | None = None) -> int:
         send_syslog("/dev/log", 3, SEVERITY_ERR, line)  # configuration not read yet: defaults
         return int(ExitCode.USAGE)
     if hook_args is not None:
-        from pgpool_anycast_hook.hook import run_fast_verb
+        from pgpool_anycast_hook.hook import run_hook
 
-        return run_fast_verb(hook_args)
+        return run_hook(hook_args)
     from pgpool_anycast_hook.cli import run_cli
 
     return run_cli(args)

@@ -64,15 +64,6 @@ def test_usage_errors(argv: list[str]) -> None:
         parse_hook_argv(argv)
 
 
-def test_drain_node_is_optional() -> None:
-    assert parse_hook_argv(["drain"]) == HookArgs("drain", None)
-    assert parse_hook_argv(["--dry-run", "drain", " 1"]) == HookArgs("drain", 1, dry_run=True)
-    with pytest.raises(UsageError):
-        parse_hook_argv(["drain", "1", "2"])
-    with pytest.raises(UsageError):
-        parse_hook_argv(["drain", "x"])
-
-
 def test_global_options_and_wait_ready() -> None:
     assert parse_hook_argv(
         ["--config", "/x.toml", "--dry-run", "add", "--wait-ready=2.5", "0"]
@@ -102,7 +93,6 @@ argv_pieces = st.lists(
             "add",
             "del",
             "clean",
-            "drain",
             "0",
             " 1",
             "2 ",
@@ -153,5 +143,5 @@ def monkeypatch_run_hook(monkeypatch: pytest.MonkeyPatch) -> list:
 
     import pgpool_anycast_hook.hook as hook
 
-    monkeypatch.setattr(hook, "run_fast_verb", fake_run_hook)
+    monkeypatch.setattr(hook, "run_hook", fake_run_hook)
     return calls
