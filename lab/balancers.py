@@ -167,38 +167,16 @@ class Balancer:
     def unit_state(self) -> str:
         return self.run(["systemctl", "is-active", "pgpool2"], check=False).stdout.strip()
 
+    def pcp(self, tool: str, node_id: int, check: bool = True) -> str:
+        """Run a pcp_* tool for one backend over pgpool's PCP socket (password from .pcppass)."""
+        command = [tool, "-h", "/var/run/postgresql", "-p", "9898", "-U", PCP_USER, "-w"]
+        return self.run([*command, "-n", str(node_id)], check=check).stdout.strip()
+
     def attach_node(self, node_id: int) -> str:
-        return self.run(
-            [
-                "pcp_attach_node",
-                "-h",
-                "/var/run/postgresql",
-                "-p",
-                "9898",
-                "-U",
-                PCP_USER,
-                "-w",
-                "-n",
-                str(node_id),
-            ]
-        ).stdout.strip()
+        return self.pcp("pcp_attach_node", node_id)
 
     def node_info(self, node_id: int) -> str:
-        return self.run(
-            [
-                "pcp_node_info",
-                "-h",
-                "/var/run/postgresql",
-                "-p",
-                "9898",
-                "-U",
-                PCP_USER,
-                "-w",
-                "-n",
-                str(node_id),
-            ],
-            check=False,
-        ).stdout.strip()
+        return self.pcp("pcp_node_info", node_id, check=False)
 
     def node_states(self) -> list[str]:
         """pgpool's view of each backend: "up", "waiting", "down" (pcp_node_info -a)."""

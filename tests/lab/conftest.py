@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -69,3 +69,18 @@ def lab(lab_session: Lab) -> Lab:
     if not lab_session.is_nominal():
         lab_session.restore()
     return lab_session
+
+
+Report = Callable[[str, object], None]
+
+
+@pytest.fixture
+def report(record_property: Report, capsys: pytest.CaptureFixture[str]) -> Report:
+    """Record a measured value and show it even without -s."""
+
+    def emit(name: str, value: object) -> None:
+        record_property(name, value)
+        with capsys.disabled():
+            print(f"\n    [lab] {name} = {value}", flush=True)
+
+    return emit

@@ -9,7 +9,7 @@ numbers are printed and recorded as test properties.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import partial
 
 import pytest
@@ -18,22 +18,10 @@ from lab import balancers
 from lab.balancers import Balancer, DrainFacts, StopOrder
 from lab.measure import PlannedStop, planned_stop_under_load
 from lab.topology import Lab
+from tests.lab.conftest import Report
 
-Report = Callable[[str, object], None]
 RATE, SECONDS = 100.0, 8.0  # the drain's restart is back within about 5 s of 8
 DRAIN_SECONDS, DRAIN_TIMEOUT = 1.0, 2.0
-
-
-@pytest.fixture
-def report(record_property: Report, capsys: pytest.CaptureFixture[str]) -> Report:
-    """Record a measured value and show it even without -s."""
-
-    def emit(name: str, value: object) -> None:
-        record_property(name, value)
-        with capsys.disabled():
-            print(f"\n    [lab] {name} = {value}", flush=True)
-
-    return emit
 
 
 @pytest.fixture

@@ -11,26 +11,11 @@ import re
 import time
 from collections.abc import Callable
 
-import pytest
-
 from lab import frr, netns, postgres
 from lab.hosts import ANYCAST, BACKENDS, CLIENT, PGPOOL_PORT, PRIMARY
 from lab.measure import Load, RouteWatch, connect_many
 from lab.topology import Lab
-
-Report = Callable[[str, object], None]
-
-
-@pytest.fixture
-def report(record_property: Report, capsys: pytest.CaptureFixture[str]) -> Report:
-    """Record a measured value and show it even without -s."""
-
-    def emit(name: str, value: object) -> None:
-        record_property(name, value)
-        with capsys.disabled():
-            print(f"\n    [lab] {name} = {value}", flush=True)
-
-    return emit
+from tests.lab.conftest import Report
 
 
 def test_connections_spread_over_all_three_balancers(lab: Lab, report: Report) -> None:
