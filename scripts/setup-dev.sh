@@ -32,7 +32,9 @@ if [ ! -e "$stamp" ] || [ "$(cat "$stamp")" != "${apt_packages[*]}" ]; then
     if [ ! -e "$policy" ]; then
         printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && own_policy=1
     fi
-    apt-get install -y -qq --no-install-recommends "${apt_packages[@]}" >/dev/null
+    # With Recommends, as the machines the suite was developed and measured on have them
+    # (debootstrap, for one, recommends the archive keyring it verifies Release files with).
+    apt-get install -y -qq "${apt_packages[@]}" >/dev/null
     if [ -n "$own_policy" ]; then rm -f "$policy"; fi
     echo "${apt_packages[*]}" > "$stamp"
 fi
