@@ -4,6 +4,11 @@
 # Idempotent; run as root. The venv lives under /opt so that the postgres user can
 # execute it (tests run the hook as postgres, the way pgpool does).
 set -euo pipefail
+if [ "$(id -u)" != 0 ]; then
+    echo "$0: run as root (it installs Debian packages; the tests create network namespaces" \
+         "and containers), e.g. sudo bash $0" >&2
+    exit 1
+fi
 here=$(cd "$(dirname "$0")/.." && pwd)
 venv=${PAH_VENV:-/opt/pgpool-anycast-hook-dev}
 stamp=/var/lib/pgpool-anycast-hook-dev.apt-stamp
