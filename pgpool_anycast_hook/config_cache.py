@@ -17,6 +17,7 @@ import os
 from typing import Any
 
 from pgpool_anycast_hook import __version__
+from pgpool_anycast_hook.atomic_file import replace_file
 
 CACHE_DIR_ENV = "PGPOOL_ANYCAST_HOOK_CACHE_DIR"
 DEFAULT_CACHE_DIR = "/var/cache/pgpool-anycast-hook"
@@ -54,14 +55,6 @@ def read_cached(main_file: str, key: tuple[Any, ...]) -> dict[str, Any] | None:
 
 
 def write_cached(main_file: str, key: tuple[Any, ...], settings: dict[str, Any]) -> None:
-    path = cache_path(main_file)
-    temporary = f"{path}.{os.getpid()}.tmp"
-    try:
+    with contextlib.suppress(OSError, ValueError):  # no directory, not writable, unmarshallable
         data = marshal.dumps({"key": key, "settings": settings})
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(temporary, path)
-    except (OSError, ValueError):  # no directory, not writable, or not marshallable
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
+        replace_file(cache_path(main_file), data, 0o600)

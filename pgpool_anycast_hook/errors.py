@@ -6,6 +6,8 @@ hook knows about is one of these exceptions; anything else is reported as
 FAILURE without a traceback.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import IntEnum
 
 
@@ -56,3 +58,19 @@ class Busy(HookError):
 class NotReady(HookError):
     exit_code = ExitCode.TEMPFAIL
     result = "not-ready"
+
+
+@contextmanager
+def file_errors(action: str) -> Iterator[None]:
+    """Turn an OSError in the body into PermissionDenied (77) or HookError (70).
+
+    `action` completes "cannot ...", e.g. "write the hold".
+    """
+    try:
+        yield
+    except OSError as error:
+        where = f"{error.filename}: " if error.filename else ""
+        message = f"cannot {action}: {where}{error.strerror or error}"
+        if isinstance(error, PermissionError):
+            raise PermissionDenied(message) from None
+        raise HookError(message) from None

@@ -20,9 +20,10 @@ import time
 from typing import NamedTuple
 
 from pgpool_anycast_hook import announcement
+from pgpool_anycast_hook.atomic_file import replace_file
 from pgpool_anycast_hook.check_state import Action, CheckState, Health, action_for, next_state
 from pgpool_anycast_hook.config import Config
-from pgpool_anycast_hook.errors import HookError, PermissionDenied
+from pgpool_anycast_hook.errors import file_errors
 from pgpool_anycast_hook.hold import read_hold
 from pgpool_anycast_hook.observation import observe
 from pgpool_anycast_hook.pgpool_conf import PgpoolSettings, read_pgpool_conf
@@ -102,18 +103,10 @@ def load_state(path: str) -> CheckState:
 
 
 def save_state(path: str, state: CheckState) -> None:
-    temporary = f"{path}.tmp.{os.getpid()}"
     data = {"state": state.health.value, "count": state.streak,
             "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
-    try:
-        with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump(data, handle)
-            handle.write("\n")
-        os.replace(temporary, path)
-    except PermissionError as error:
-        raise PermissionDenied(f"cannot write {path}: {error.strerror}") from None
-    except OSError as error:
-        raise HookError(f"cannot write {path}: {error.strerror}") from None
+    with file_errors("write the check state"):
+        replace_file(path, (json.dumps(data) + "\n").encode(), 0o644)
 
 
 def run_check(config: Config, dry_run: bool, log: RunLog) -> int:

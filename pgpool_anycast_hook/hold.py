@@ -9,6 +9,8 @@ import os
 import time
 from typing import NamedTuple
 
+from pgpool_anycast_hook.atomic_file import replace_file
+
 HOLD_FILE = "hold"
 
 
@@ -43,15 +45,7 @@ def write_hold(state_dir: str, reason: str, by: str) -> Hold:
     import json
 
     hold = Hold(reason, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), by)
-    path = hold_path(state_dir)
-    temporary = f"{path}.tmp.{os.getpid()}"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(hold._asdict(), handle)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.chmod(temporary, 0o664)
-    os.replace(temporary, path)
+    replace_file(hold_path(state_dir), (json.dumps(hold._asdict()) + "\n").encode(), 0o664)
     return hold
 
 

@@ -18,7 +18,7 @@ from pgpool_anycast_hook.decision import (
     decide,
     deciding_primary,
 )
-from pgpool_anycast_hook.errors import HookError, NotReady, PermissionDenied
+from pgpool_anycast_hook.errors import NotReady, file_errors
 from pgpool_anycast_hook.hook_argv import HookArgs
 from pgpool_anycast_hook.logged_run import run_logged
 from pgpool_anycast_hook.run_lock import run_lock
@@ -37,7 +37,7 @@ def read_state(config: Config, event: HookEvent, log: RunLog) -> PgpoolState:
     """pgpool's view of the primary, and the hold; only what the verb needs.
 
     `del` needs neither, and skips importing the readers: it is the withdrawal
-    path, where every millisecond counts (see addresses.py).
+    path, where every millisecond counts (see netlink_socket.py).
     """
     if event.verb is Verb.DEL:
         return PgpoolState(primary_usable=True, hold=False)
@@ -68,14 +68,11 @@ def apply(config: Config, decision: Decision, dry_run: bool, log: RunLog) -> Non
         if dry_run:
             log.set(changed=f"would-move:{path}")
         else:
-            try:
-                log.set(changed=f"moved:{path}->{pgpool_status.set_aside(path)}")
-            except FileNotFoundError:
-                log.set(changed="none", note="pgpool_status vanished before it was moved")
-            except PermissionError as error:
-                raise PermissionDenied(f"cannot move {path} aside: {error.strerror}") from None
-            except OSError as error:
-                raise HookError(f"cannot move {path} aside: {error.strerror}") from None
+            with file_errors(f"move {path} aside"):
+                try:
+                    log.set(changed=f"moved:{path}->{pgpool_status.set_aside(path)}")
+                except FileNotFoundError:
+                    log.set(changed="none", note="pgpool_status vanished before it was moved")
     else:
         log.set(changed="none")
 

@@ -11,7 +11,7 @@ import os
 
 from pgpool_anycast_hook import announcement
 from pgpool_anycast_hook.config import Config
-from pgpool_anycast_hook.errors import HookError, PermissionDenied
+from pgpool_anycast_hook.errors import file_errors
 from pgpool_anycast_hook.hold import clear_hold, write_hold
 from pgpool_anycast_hook.observation import observe
 from pgpool_anycast_hook.run_lock import run_lock
@@ -56,12 +56,8 @@ def disable(config: Config, reason: str, dry_run: bool, log: RunLog) -> int:
         if dry_run:
             log.set(hold="would-set", result="dry-run")
         else:
-            try:
+            with file_errors("write the hold"):
                 hold = write_hold(config.state_dir, reason, _user())
-            except PermissionError as error:
-                raise PermissionDenied(f"cannot write the hold: {error}") from None
-            except OSError as error:
-                raise HookError(f"cannot write the hold: {error}") from None
             log.set(hold="set", since=hold.since, by=hold.by)
         changed = announcement.withdraw(config, dry_run) if config.addresses else []
         log.set(changed=announcement.changed_field(changed))
@@ -72,13 +68,8 @@ def enable(config: Config, dry_run: bool, log: RunLog) -> int:
     if dry_run:
         log.set(hold="would-clear")
     else:
-        with run_lock(config.lock_path, config.lock_timeout):
-            try:
-                log.set(hold="cleared" if clear_hold(config.state_dir) else "was-not-set")
-            except PermissionError as error:
-                raise PermissionDenied(f"cannot remove the hold: {error}") from None
-            except OSError as error:
-                raise HookError(f"cannot remove the hold: {error}") from None
+        with run_lock(config.lock_path, config.lock_timeout), file_errors("remove the hold"):
+            log.set(hold="cleared" if clear_hold(config.state_dir) else "was-not-set")
     hold_field = log.fields["hold"]
     code = reconcile(config, dry_run, log, hold_lifted=dry_run)
     log.set(hold=hold_field)
