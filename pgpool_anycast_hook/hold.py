@@ -2,16 +2,19 @@
 
 While it exists the addresses stay withdrawn across restarts, reboots and
 failback events; `add`, `reconcile` and `check` respect it. It lives in state_dir
-(not /run) so that a reboot does not lift it.
+(not /run) so that a reboot does not lift it. That directory is postgres's, so the
+file is read and written through safe_files.py; whatever postgres puts there can
+only ever withdraw (a hold), never announce.
 """
 
 import os
 import time
 from typing import NamedTuple
 
-from pgpool_anycast_hook.atomic_file import replace_file
+from pgpool_anycast_hook.safe_files import read_regular, replace_file
 
 HOLD_FILE = "hold"
+MAX_HOLD_BYTES = 4096
 
 
 class Hold(NamedTuple):
@@ -32,13 +35,13 @@ def read_hold(state_dir: str) -> Hold | None:
     import json  # only when a hold file exists
 
     try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
+        data = json.loads(read_regular(path, MAX_HOLD_BYTES))
         return Hold(
-            str(data.get("reason", "")), str(data.get("since", "")), str(data.get("by", ""))
-        )
-    except (OSError, ValueError, AttributeError) as error:
-        return Hold(f"unreadable hold file ({error})", "", "")
+            str(data.get("reason", ""))[:200], str(data.get("since", ""))[:40],
+            str(data.get("by", ""))[:40],
+        )  # fmt: skip
+    except (OSError, ValueError, AttributeError, RecursionError) as error:
+        return Hold(f"unreadable hold file ({error})"[:200], "", "")
 
 
 def write_hold(state_dir: str, reason: str, by: str) -> Hold:

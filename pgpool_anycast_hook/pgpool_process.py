@@ -5,6 +5,7 @@ readiness is a connection to its socket: `systemctl start` runs ExecStartPost as
 soon as pgpool was forked, before pgpool has read its configuration or listens.
 """
 
+import ipaddress
 import os
 import socket
 import time
@@ -25,13 +26,36 @@ class Endpoint(NamedTuple):
         return f"{self.address[0]}:{self.address[1]}"
 
 
+def tcp_host(listen_addresses: str) -> str | None:
+    """A numeric address to reach the first of `listen_addresses` at, or None.
+
+    Never a name: resolving one could wait on DNS, on the failover path. A
+    wildcard or `localhost` is reached on loopback; a hostname, or an address
+    with a scope id, gives no TCP endpoint (the unix socket still is one).
+    """
+    first = listen_addresses.split(",")[0].strip()
+    if first in ("", "*", "localhost", "0.0.0.0"):
+        return "127.0.0.1"
+    if first == "::":
+        return "::1"
+    try:
+        address = ipaddress.ip_address(first)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
+        return None
+    return str(address)
+
+
 def endpoints(settings: PgpoolSettings) -> list[Endpoint]:
-    """The unix socket and the first TCP address pgpool listens on."""
+    """The unix socket and the first TCP address pgpool listens on (if numeric)."""
     unix = os.path.join(settings.socket_dir, f".s.PGSQL.{settings.port}")
-    first = settings.listen_addresses.split(",")[0].strip()
-    host = "127.0.0.1" if first in ("", "*", "localhost", "0.0.0.0") else first
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return [Endpoint(socket.AF_UNIX, unix), Endpoint(family, (host, settings.port))]
+    found = [Endpoint(socket.AF_UNIX, unix)]
+    host = tcp_host(settings.listen_addresses)
+    if host is not None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        found.append(Endpoint(family, (host, settings.port)))
+    return found
 
 
 def accepts(endpoint: Endpoint, timeout: float) -> bool:
@@ -64,13 +88,17 @@ def wait_until_listening(settings: PgpoolSettings, timeout: float) -> Endpoint |
 
 
 def read_pid_file(path: str) -> int | None:
-    """The pid pgpool wrote (digits then NUL), or None if absent or garbled."""
+    """The pid pgpool wrote (digits then NUL), or None if absent, garbled or not a file.
+
+    Its directory is postgres's: read through safe_files.py (no link, no FIFO).
+    """
+    from pgpool_anycast_hook.safe_files import read_regular
+
     try:
-        with open(path, "rb") as handle:
-            text = handle.read(64).split(b"\0", 1)[0].strip()
+        text = read_regular(path, 64).split(b"\0", 1)[0].strip()
     except OSError:
         return None
-    return int(text) if text.isdigit() else None
+    return int(text) if text.isdigit() and len(text) <= 10 else None
 
 
 def pgpool_alive(pid: int | None) -> bool:

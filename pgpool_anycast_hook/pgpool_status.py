@@ -17,7 +17,7 @@ someone runs pcp_attach_node. `clean` therefore moves such a file aside (never
 deletes it), so that pgpool starts with every node up, as if the file were absent.
 """
 
-import os
+import errno
 import struct
 import time
 from enum import StrEnum
@@ -27,6 +27,7 @@ BINARY_RECORD_SIZE = 512  # BACKEND_STATUS status[128], 4-byte ints
 MAX_BACKENDS = 128
 FGETS_CHUNK = 8  # fgets(buf, 9) reads at most 8 characters
 MAX_READ = 1 << 20
+MAX_SET_ASIDE_TRIES = 1000
 
 
 class StatusFormat(StrEnum):
@@ -114,10 +115,15 @@ def parse_status(data: bytes | None, num_backends: int) -> PgpoolStatus:
 
 
 def read_status_file(path: str, num_backends: int) -> PgpoolStatus:
-    """Read the file; anything pgpool could not open counts as absent, as it does for pgpool."""
+    """Read the file; anything pgpool could not open counts as absent, as it does for pgpool.
+
+    Its directory is postgres's: a symbolic link or a FIFO there is refused and
+    counts as unreadable (safe_files.py); `clean` then leaves it alone.
+    """
+    from pgpool_anycast_hook.safe_files import read_regular
+
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_READ)
+        data = read_regular(path, MAX_READ)
     except FileNotFoundError:
         return parse_status(None, num_backends)
     except OSError as error:
@@ -126,17 +132,20 @@ def read_status_file(path: str, num_backends: int) -> PgpoolStatus:
 
 
 def set_aside(path: str) -> str:
-    """Rename the file in its own directory to a timestamped name; return that name.
+    """Move the file aside in its own directory, to a new timestamped name; return it.
 
-    A rename keeps every byte and is atomic; the same directory keeps it on the same
-    file system and next to pgpool's own files, where an operator will look.
+    link() plus unlink() keeps every byte and never replaces an existing name (an
+    earlier set-aside file, or anything planted), and the same directory keeps it
+    on the same file system next to pgpool's own files, where an operator looks.
     """
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    base = f"{path}.set-aside-{stamp}"
-    target = base
-    for counter in range(1, 1000):
-        if not os.path.lexists(target):
-            break
-        target = f"{base}.{counter}"
-    os.rename(path, target)
-    return target
+    from pgpool_anycast_hook.safe_files import move_aside
+
+    base = f"{path}.set-aside-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    for counter in range(MAX_SET_ASIDE_TRIES):
+        target = base if counter == 0 else f"{base}.{counter}"
+        try:
+            move_aside(path, target)
+            return target
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, f"{MAX_SET_ASIDE_TRIES} set-aside names taken", base)

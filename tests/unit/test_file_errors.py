@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from pgpool_anycast_hook.atomic_file import replace_file
 from pgpool_anycast_hook.errors import ExitCode, HookError, PermissionDenied, file_errors
+from pgpool_anycast_hook.safe_files import replace_file
 
 
 def test_permission_error_is_the_permission_code() -> None:
