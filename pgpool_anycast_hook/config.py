@@ -3,7 +3,8 @@
 Files are merged key by key in this order: built-in defaults, the main file, then
 every `conf.d/*.toml` in lexical order (later wins). An unknown key or a bad value
 is a ConfigError that names the key and the file, so that a typo can never turn
-into a silently different behaviour.
+into a silently different behaviour. Only files that nobody less privileged can
+change are read (config_trust.py).
 """
 
 import ipaddress
@@ -12,10 +13,14 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from pgpool_anycast_hook.config_cache import cache_key, read_cached, write_cached
+from pgpool_anycast_hook.config_trust import check_trusted, trusted_owners
 from pgpool_anycast_hook.errors import ConfigError
+from pgpool_anycast_hook.safe_files import read_regular
 
 DEFAULT_CONFIG = "/etc/pgpool-anycast-hook/config.toml"
 CONFIG_ENV = "PGPOOL_ANYCAST_HOOK_CONFIG"
+MAX_CONFIG_BYTES = 1 << 20
+MAX_DOTS_PER_LINE = 1000
 
 SYSLOG_FACILITIES = {
     "kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5, "lpr": 6,
@@ -30,6 +35,7 @@ Address = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 class Config(NamedTuple):
     interface: str = "lo"
     addresses: tuple[Address, ...] = ()
+    allow_wide_prefixes: bool = False  # addresses may be up to /24 or /64 (check_merged)
     primary_node_id: int = 0
     pgpool_conf: str = "/etc/pgpool2/pgpool.conf"
     status_file: str = ""  # empty: found through pgpool.conf (work_dir or logdir)
@@ -53,9 +59,40 @@ class Config(NamedTuple):
         return self.lock_file or os.path.join(self.state_dir, "lock")
 
 
+MAX_STRING = 4096  # PATH_MAX
+MAX_ADDRESSES = 64
+_HOST_PREFIX = {4: 32, 6: 128}
+_WIDEST_PREFIX = {4: 24, 6: 64}  # with allow_wide_prefixes
+_REFUSED_NETWORKS = [
+    (ipaddress.ip_network(network), what)
+    for network, what in (
+        ("127.0.0.0/8", "a loopback address"),
+        ("::1/128", "a loopback address"),
+        ("0.0.0.0/32", "the unspecified address"),
+        ("::/128", "the unspecified address"),
+        ("224.0.0.0/4", "a multicast address"),
+        ("ff00::/8", "a multicast address"),
+        ("169.254.0.0/16", "a link-local address"),
+        ("fe80::/10", "a link-local address"),
+        ("::ffff:0:0/96", "an IPv4-mapped IPv6 address"),
+        ("255.255.255.255/32", "the IPv4 limited broadcast address"),
+    )
+]
+
+
+def _show(text: str) -> str:
+    """`text` in double quotes, escaped and cut short, for an error message."""
+    shown = text[:60].encode("unicode_escape").decode("ascii").replace('"', '\\"')
+    return f'"{shown}"' + ("..." if len(text) > 60 else "")
+
+
 def _string(key: str, value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("must be a string")
+    if "\0" in value:
+        raise ValueError("must not contain a NUL character")
+    if len(value) > MAX_STRING:
+        raise ValueError(f"must be at most {MAX_STRING} characters long")
     return value
 
 
@@ -75,26 +112,54 @@ def _required_path(key: str, value: Any) -> str:
 
 def _interface(key: str, value: Any) -> str:
     text = _string(key, value)
-    if not 0 < len(text) < 16 or "/" in text or any(c.isspace() for c in text):
-        raise ValueError("must be a Linux interface name (1 to 15 characters, no '/' or blanks)")
+    size = len(text.encode("utf-8", "surrogatepass"))
+    odd = any(c in "/:" or c.isspace() or not c.isprintable() for c in text)
+    if not 0 < size < 16 or odd or text in (".", ".."):
+        raise ValueError(
+            "must be a Linux interface name (1 to 15 bytes, no '/', ':', blanks or control "
+            "characters, not '.' or '..')"
+        )
     return text
 
 
 def _addresses(key: str, value: Any) -> tuple[Address, ...]:
+    """Each entry on its own; whether its prefix is allowed is for check_merged."""
     if not isinstance(value, list):
         raise ValueError('must be a list of addresses, e.g. ["198.18.2.0/32"]')
-    parsed: list[Address] = []
-    for item in value:
+    if len(value) > MAX_ADDRESSES:
+        raise ValueError(f"must list at most {MAX_ADDRESSES} addresses")
+    parsed: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, Address] = {}
+    for index, item in enumerate(value):
         if not isinstance(item, str):
-            raise ValueError(f"{item!r} is not a string")
-        try:
-            address = ipaddress.ip_interface(item.strip())  # no prefix: /32 or /128
-        except ValueError:
-            raise ValueError(f"{item!r} is not an IPv4 or IPv6 address") from None
-        if address in parsed:
-            raise ValueError(f"{item!r} is listed twice")
-        parsed.append(address)
-    return tuple(parsed)
+            raise ValueError(f"entry {index + 1} is not a string")
+        address = _address(item)
+        if address.ip in parsed:
+            first = parsed[address.ip]
+            if first == address:
+                raise ValueError(f"{_show(item)} is listed twice")
+            raise ValueError(f"{_show(item)} is listed twice, as {first} and as {address}")
+        parsed[address.ip] = address
+    return tuple(parsed.values())
+
+
+def _address(item: str) -> Address:
+    """One entry of `addresses`; no prefix means /32 or /128."""
+    try:
+        address = ipaddress.ip_interface(item.strip()) if len(item) <= 100 else None
+    except ValueError:
+        address = None
+    if address is None:
+        raise ValueError(f"{_show(item)} is not an IPv4 or IPv6 address")
+    if isinstance(address, ipaddress.IPv6Interface) and address.scope_id:
+        raise ValueError(f"{_show(item)} has a scope id: the interface is set by `interface`")
+    for network, what in _REFUSED_NETWORKS:
+        if address.version != network.version:
+            continue
+        if address.ip in network:
+            raise ValueError(f"{_show(item)} is {what}")
+        if address.network.overlaps(network):
+            raise ValueError(f"{_show(item)} covers {what}")
+    return address
 
 
 def _node_id(key: str, value: Any) -> int:
@@ -152,18 +217,32 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "check_rise": _count,
     "check_fall": _count,
     "serving_route": _flag,
+    "allow_wide_prefixes": _flag,
 }
 
 
-def config_files(main_file: str) -> list[str]:
-    """The main file (if present) and its sibling conf.d/*.toml, in merge order."""
-    files = [main_file] if os.path.isfile(main_file) else []
+def config_files(main_file: str, owners: frozenset[int]) -> list[str]:
+    """The main file (if present) and its sibling conf.d/*.toml, in merge order.
+
+    Each is checked with config_trust (raises ConfigError), and so is conf.d itself:
+    a directory someone else can write could gain or lose a file.
+    """
+    files: list[str] = []
+    if os.path.lexists(main_file):
+        check_trusted(main_file, owners)
+        files.append(main_file)
     conf_d = os.path.join(os.path.dirname(main_file), "conf.d")
+    if not os.path.lexists(conf_d):
+        return files
+    check_trusted(conf_d, owners, "configuration directory")
     try:
         names = sorted(n for n in os.listdir(conf_d) if n.endswith(".toml"))
-    except OSError:
-        names = []
-    files.extend(p for p in (os.path.join(conf_d, n) for n in names) if os.path.isfile(p))
+    except OSError as error:
+        raise ConfigError(f"{conf_d}: cannot list: {error.strerror}") from None
+    for name in names:
+        path = os.path.join(conf_d, name)
+        check_trusted(path, owners)
+        files.append(path)
     return files
 
 
@@ -171,9 +250,16 @@ def _read_toml(path: str) -> dict[str, Any]:
     import tomllib  # only when the cache (config_cache.py) cannot answer
 
     try:
-        with open(path, "rb") as handle:
-            return tomllib.load(handle)
-    except tomllib.TOMLDecodeError as error:
+        text = read_regular(path, MAX_CONFIG_BYTES, follow=True).decode("utf-8")
+        if any(line.count(".") > MAX_DOTS_PER_LINE for line in text.splitlines()):
+            # tomllib's work grows with the square of a dotted key's parts.
+            raise ConfigError(f"{path}: not valid here: a line with over {MAX_DOTS_PER_LINE} dots")
+        return tomllib.loads(text)
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid TOML: nested too deeply") from None
+    except ValueError as error:  # tomllib.TOMLDecodeError, and a NUL or surrogate
         raise ConfigError(f"{path}: not valid TOML: {error}") from None
     except OSError as error:
         raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
@@ -185,12 +271,34 @@ def validate(settings: dict[str, Any], source: str) -> dict[str, Any]:
     for key, value in settings.items():
         validator = _VALIDATORS.get(key)
         if validator is None:
-            raise ConfigError(f"{source}: unknown key {key!r}")
+            raise ConfigError(f"{source}: unknown key {_show(str(key))}")
         try:
             typed[key] = validator(key, value)
         except ValueError as error:
             raise ConfigError(f"{source}: {key} {error}") from None
     return typed
+
+
+def check_merged(typed: dict[str, Any], source: str) -> None:
+    """Checks across keys, on the merged settings (validate() sees one file at a time).
+
+    An address is a host address (/32, /128) unless allow_wide_prefixes is true; then
+    its prefix may be as wide as /24 or /64, never wider: the kernel makes every
+    address of a prefix on `lo` local, and FRR announces the whole prefix.
+    """
+    wide = typed.get("allow_wide_prefixes", False)
+    for address in typed.get("addresses", ()):
+        prefix = address.network.prefixlen
+        if prefix < _HOST_PREFIX[address.version] and not wide:
+            raise ConfigError(
+                f'{source}: addresses "{address}" has a /{prefix} prefix: only '
+                f"/{_HOST_PREFIX[address.version]} is allowed unless allow_wide_prefixes = true"
+            )
+        if prefix < _WIDEST_PREFIX[address.version]:
+            raise ConfigError(
+                f'{source}: addresses "{address}" has a /{prefix} prefix, wider than '
+                f"/{_WIDEST_PREFIX[address.version]}, the widest allow_wide_prefixes permits"
+            )
 
 
 def resolve_main_file(explicit: str | None) -> tuple[str, bool]:
@@ -202,11 +310,12 @@ def resolve_main_file(explicit: str | None) -> tuple[str, bool]:
 
 
 def load_config(explicit: str | None = None) -> Config:
-    """Read, merge and validate the configuration."""
+    """Read, merge and validate the configuration, from trusted files only."""
     main_file, named = resolve_main_file(explicit)
-    if named and not os.path.isfile(main_file):
+    if named and not os.path.lexists(main_file):
         raise ConfigError(f"{main_file}: configuration file not found")
-    files = config_files(main_file)
+    owners = trusted_owners()
+    files = config_files(main_file, owners)
     key = cache_key(files)
     raw = read_cached(main_file, key)
     if raw is None:
@@ -216,4 +325,6 @@ def load_config(explicit: str | None = None) -> Config:
             validate(settings, path)  # errors name the file that holds the key
             raw.update(settings)
         write_cached(main_file, key, raw)
-    return Config(**validate(raw, main_file), sources=tuple(files))
+    typed = validate(raw, main_file)
+    check_merged(typed, main_file)
+    return Config(**typed, sources=tuple(files))

@@ -1,14 +1,19 @@
 """A compiled copy of the merged configuration, so the hot path can skip tomllib.
 
-Importing tomllib costs about 5 ms, an eighth of a withdrawal (see the README's
-performance section). The merged, already validated settings are kept with
-marshal in the cache directory, keyed by the hook's version and by every
-configuration file's path, inode, size and change times, and by the list of
-files in conf.d/; any edit makes the key differ and the files are parsed again.
+Importing and running tomllib is a measurable part of a withdrawal (see the
+README's performance section). The merged, already validated settings are kept
+with marshal in the cache directory, keyed by the hook's version and by every
+configuration file's path, inode, size and change times (a chmod or chown changes
+the ctime too), and by the list of files in conf.d/; any edit makes the key differ
+and the files are parsed again.
 
-A cache is trusted only if it is owned by the user reading it and writable by
-nobody else: a cache written by postgres is never used by a root run. When the
-directory is missing or not writable, nothing is cached and nothing fails.
+The cache carries configuration, so it follows config_trust.py's rule strictly:
+only root writes it, and every run, root's or postgres's, uses it only if the file
+is root's, not writable by group or others, in a directory chain only root can
+change. The package makes /var/cache/pgpool-anycast-hook root's (0755); root's
+runs (`check-config` after an edit, the package's postinst, any root command)
+refresh it, and other runs parse the files themselves when it is stale. When the
+directory is missing or untrusted, nothing is cached and nothing fails.
 """
 
 import contextlib
@@ -17,10 +22,12 @@ import os
 from typing import Any
 
 from pgpool_anycast_hook import __version__
-from pgpool_anycast_hook.atomic_file import replace_file
+from pgpool_anycast_hook.errors import ConfigError
 
 CACHE_DIR_ENV = "PGPOOL_ANYCAST_HOOK_CACHE_DIR"
 DEFAULT_CACHE_DIR = "/var/cache/pgpool-anycast-hook"
+MAX_CACHE_BYTES = 1 << 20
+ROOT_ONLY = frozenset({0})
 
 
 def cache_path(main_file: str) -> str:
@@ -38,14 +45,24 @@ def cache_key(files: list[str]) -> tuple[Any, ...]:
     return tuple(parts)
 
 
-def read_cached(main_file: str, key: tuple[Any, ...]) -> dict[str, Any] | None:
-    path = cache_path(main_file)
+def _trusted(path: str) -> bool:
+    from pgpool_anycast_hook.config_trust import check_trusted
+
     try:
-        with open(path, "rb") as handle:
-            info = os.fstat(handle.fileno())
-            if info.st_uid != os.geteuid() or info.st_mode & 0o022:
-                return None
-            cached = marshal.loads(handle.read())
+        check_trusted(path, ROOT_ONLY, "configuration cache")
+    except ConfigError:
+        return False
+    return True
+
+
+def read_cached(main_file: str, key: tuple[Any, ...]) -> dict[str, Any] | None:
+    from pgpool_anycast_hook.safe_files import read_regular
+
+    path = cache_path(main_file)
+    if not os.path.lexists(path) or not _trusted(path):
+        return None
+    try:
+        cached = marshal.loads(read_regular(path, MAX_CACHE_BYTES))
     except (OSError, ValueError, EOFError, TypeError):
         return None
     if not isinstance(cached, dict) or cached.get("key") != key:
@@ -55,6 +72,11 @@ def read_cached(main_file: str, key: tuple[Any, ...]) -> dict[str, Any] | None:
 
 
 def write_cached(main_file: str, key: tuple[Any, ...], settings: dict[str, Any]) -> None:
-    with contextlib.suppress(OSError, ValueError):  # no directory, not writable, unmarshallable
-        data = marshal.dumps({"key": key, "settings": settings})
-        replace_file(cache_path(main_file), data, 0o600)
+    """Root only, into a directory only root can change."""
+    path = cache_path(main_file)
+    if os.geteuid() != 0 or not _trusted(os.path.dirname(path)):
+        return
+    from pgpool_anycast_hook.safe_files import replace_file
+
+    with contextlib.suppress(OSError, ValueError):  # read-only, full, unmarshallable
+        replace_file(path, marshal.dumps({"key": key, "settings": settings}), 0o644)

@@ -2,7 +2,7 @@
 
 import os
 
-from pgpool_anycast_hook.config import Config, load_config, resolve_main_file
+from pgpool_anycast_hook.config import Config, resolve_main_file
 from pgpool_anycast_hook.pgpool_conf import read_pgpool_conf
 
 
@@ -17,8 +17,7 @@ def _toml_value(value: object) -> str:
     return f'"{text}"'
 
 
-def config_report(explicit: str | None) -> str:
-    config = load_config(explicit)
+def config_report(config: Config, explicit: str | None) -> str:
     main_file, _ = resolve_main_file(explicit)
     settings = read_pgpool_conf(config.pgpool_conf)
     status_file = config.status_file or settings.status_file
@@ -41,6 +40,7 @@ def config_report(explicit: str | None) -> str:
         f"# pgpool port: {settings.port}, pid file: {settings.pid_file}, "
         f"backends: {settings.num_backends}"
     )
+    lines += [f"# pgpool.conf note: {note}" for note in settings.notes]
     lines.append(f"# lock file: {config.lock_path}")
     if not config.addresses:
         lines.append("# no addresses configured: add/del/clean change nothing")

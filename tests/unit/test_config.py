@@ -1,11 +1,20 @@
 """Configuration: defaults, conf.d merge order, and errors that name the key."""
 
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from pgpool_anycast_hook.config import CONFIG_ENV, load_config
+from pgpool_anycast_hook.config import CONFIG_ENV, Config, check_merged, load_config, validate
+from pgpool_anycast_hook.config_cache import CACHE_DIR_ENV
 from pgpool_anycast_hook.errors import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def no_config_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parse every time, and leave nothing in the system's cache directory."""
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "no-cache"))
 
 
 def write(path: Path, text: str) -> Path:
@@ -32,14 +41,115 @@ def test_conf_d_merges_in_lexical_order(tmp_path: Path) -> None:
 
 
 def test_missing_prefix_means_host_route(tmp_path: Path) -> None:
-    main = write(
-        tmp_path / "config.toml", 'addresses = ["198.18.2.0", "2001:db8::1", "10.1.2.3/24"]'
-    )
+    main = write(tmp_path / "config.toml", 'addresses = ["198.18.2.0", " 2001:db8::1 "]')
     assert [str(a) for a in load_config(str(main)).addresses] == [
         "198.18.2.0/32",
         "2001:db8::1/128",
-        "10.1.2.3/24",
     ]
+
+
+def merged(settings: dict[str, Any]) -> dict[str, Any]:
+    typed = validate(settings, "/merged")
+    check_merged(typed, "/merged")
+    return typed
+
+
+def test_wide_prefixes_only_when_allowed_and_never_wider_than_24_or_64() -> None:
+    wide = ["10.1.2.3/24", "198.18.2.0/31", "2001:db8::/64", "2001:db8::1/127"]
+    for address in wide:
+        with pytest.raises(ConfigError, match=r"^/merged: addresses .* allow_wide_prefixes = true"):
+            merged({"addresses": [address]})
+    typed = merged({"addresses": wide, "allow_wide_prefixes": True})
+    assert [str(a) for a in typed["addresses"]] == wide
+    for address in ["10.1.0.0/23", "2001:db8::/63", "10.0.0.0/8"]:
+        with pytest.raises(ConfigError, match="wider than"):
+            merged({"addresses": [address], "allow_wide_prefixes": True})
+    assert merged({"addresses": ["198.18.2.0/32", "2001:db8::1/128"]})["addresses"]
+
+
+def test_allow_wide_prefixes_may_come_from_another_file(tmp_path: Path) -> None:
+    """validate() sees one file at a time: the prefix is checked on the merged result."""
+    first = validate({"addresses": ["10.1.2.3/24"]}, "/a.toml")
+    second = validate({"allow_wide_prefixes": True}, "/conf.d/b.toml")
+    check_merged({**first, **second}, "/a.toml")
+    assert Config(**{**first, **second}).allow_wide_prefixes is True
+    assert Config().allow_wide_prefixes is False
+
+
+@pytest.mark.parametrize(
+    "address, why",
+    [
+        ("127.0.0.1/8", '"127.0.0.1/8" is a loopback address'),
+        ("127.3.4.5", "is a loopback address"),
+        ("::1", "is a loopback address"),
+        ("0.0.0.0", "is the unspecified address"),
+        ("::", "is the unspecified address"),
+        ("0.0.0.1/24", "covers the unspecified address"),
+        ("224.0.0.5", "is a multicast address"),
+        ("ff02::1", "is a multicast address"),
+        ("169.254.1.1", "is a link-local address"),
+        ("fe80::1", "is a link-local address"),
+        ("fe80::1%lo", "has a scope id"),
+        ("2001:db8::1%eth0", "has a scope id"),
+        ("::ffff:198.18.2.1", "is an IPv4-mapped IPv6 address"),
+        ("255.255.255.255", "is the IPv4 limited broadcast address"),
+        ("198.18.2.300", "is not an IPv4 or IPv6 address"),
+        ("198.18.2.1/33", "is not an IPv4 or IPv6 address"),
+        ("198.18.2.1\\u0000", "is not an IPv4 or IPv6 address"),  # a TOML escape
+        ("1" * 5000, "is not an IPv4 or IPv6 address"),
+    ],
+)
+def test_refused_addresses_name_the_entry_and_why(tmp_path: Path, address: str, why: str) -> None:
+    main = write(tmp_path / "config.toml", f'addresses = ["198.18.2.9", "{address}"]')
+    with pytest.raises(ConfigError, match=re.escape(why)) as error:
+        load_config(str(main))
+    assert str(error.value).startswith(f"{main}: addresses ")
+    assert len(str(error.value)) < 300
+
+
+@pytest.mark.parametrize(
+    "addresses",
+    [
+        ["198.18.2.0", "198.18.2.0/32"],
+        ["198.18.2.1/32", "198.18.2.1/24"],
+        ["2001:db8::1", "2001:DB8:0::1"],
+        ["2001:db8::1/128", "2001:db8::1/64"],
+    ],
+)
+def test_an_address_listed_twice_is_refused(addresses: list[str]) -> None:
+    with pytest.raises(ConfigError, match="is listed twice"):
+        validate({"addresses": addresses}, "/x.toml")
+
+
+@pytest.mark.parametrize(
+    "settings, why",
+    [
+        ({"state_dir": "/var/lib/x\0y"}, "state_dir must not contain a NUL"),
+        ({"syslog_facility": "daemon\0"}, "syslog_facility must not contain a NUL"),
+        ({"interface": "lo\0"}, "interface must not contain a NUL"),
+        ({"pgpool_conf": "/" + "a" * 5000}, "pgpool_conf must be at most 4096"),
+        ({"interface": "lo:1"}, "interface must be a Linux interface name"),
+        ({"interface": ".."}, "interface must be a Linux interface name"),
+        ({"interface": "\u00e9" * 8}, "interface must be a Linux interface name"),
+        ({"interface": "eth\x7f"}, "interface must be a Linux interface name"),
+        ({"addresses": [["198.18.2.1"]]}, "addresses entry 1 is not a string"),
+        ({"addresses": ["198.18.2.1"] * 65}, "at most 64"),
+        ({"allow_wide_prefixes": "yes"}, "allow_wide_prefixes must be true or false"),
+        ({"lock_timeout": float("nan")}, "lock_timeout must be between"),
+        ({"deadline": float("inf")}, "deadline must be between"),
+        ({"primary_node_id": 10**5000}, "primary_node_id must be an integer"),
+        ({"x" * 5000: 1}, "unknown key"),
+    ],
+)
+def test_hostile_values_are_config_errors(settings: dict[str, Any], why: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(why)) as error:
+        validate(settings, "/x.toml")
+    assert len(str(error.value)) < 300
+
+
+def test_interface_names_the_kernel_takes() -> None:
+    for name in ("lo", "eth0", "veth-a.10", "x" * 15, "\u00e9" * 7):
+        assert validate({"interface": name}, "/x.toml") == {"interface": name}
 
 
 @pytest.mark.parametrize(

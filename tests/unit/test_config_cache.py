@@ -1,6 +1,7 @@
-"""The compiled configuration: used only while every file is unchanged, and only if ours."""
+"""The compiled configuration: used only while every file is unchanged, and only if root's."""
 
 import os
+import pwd
 from pathlib import Path
 
 import pytest
@@ -39,10 +40,36 @@ def test_a_cache_anyone_else_could_write_is_ignored(tmp_path: Path, cache_dir: P
     main.write_text("primary_node_id = 1\n")
     key = config_cache.cache_key([str(main)])
     config_cache.write_cached(str(main), key, {"primary_node_id": 7})
-    assert load_config(str(main)).primary_node_id == 7  # same owner, mode 0600: trusted
+    assert load_config(str(main)).primary_node_id == 7  # root's, mode 0644: trusted
     os.chmod(config_cache.cache_path(str(main)), 0o666)
     assert config_cache.read_cached(str(main), key) is None
     assert load_config(str(main)).primary_node_id == 1
+
+
+def test_a_cache_postgres_owns_is_ignored(tmp_path: Path, cache_dir: Path) -> None:
+    """What postgres can write never configures a run, not even postgres's own."""
+    main = tmp_path / "config.toml"
+    main.write_text("primary_node_id = 1\n")
+    key = config_cache.cache_key([str(main)])
+    config_cache.write_cached(str(main), key, {"primary_node_id": 7})
+    postgres = pwd.getpwnam("postgres")
+    os.chown(config_cache.cache_path(str(main)), postgres.pw_uid, postgres.pw_gid)
+    assert config_cache.read_cached(str(main), key) is None
+    assert load_config(str(main)).primary_node_id == 1
+
+
+def test_a_cache_directory_others_can_write_is_neither_read_nor_written(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    main = tmp_path / "config.toml"
+    main.write_text("primary_node_id = 1\n")
+    key = config_cache.cache_key([str(main)])
+    config_cache.write_cached(str(main), key, {"primary_node_id": 7})
+    os.chmod(cache_dir, 0o777)
+    assert config_cache.read_cached(str(main), key) is None
+    os.unlink(config_cache.cache_path(str(main)))
+    assert load_config(str(main)).primary_node_id == 1
+    assert list(cache_dir.iterdir()) == []
 
 
 def test_no_cache_directory_is_fine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
