@@ -1,18 +1,22 @@
 """The click command line: help texts, and every command that is not on pgpool's hot path.
 
 Each command only parses its arguments and calls a plain function elsewhere.
-add/del/clean normally never get here (main.py parses them without click); they
-exist so that `--help` documents them and so that both paths share
-hook_argv.parse_verb_args.
+add/del/clean never run here: main.py parses them with hook_argv.py, the one
+grammar for them, and sends only their `--help` to click. Their click commands
+are help text and nothing else.
 """
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from pgpool_anycast_hook import __version__
 from pgpool_anycast_hook.errors import ExitCode, HookError, UsageError
-from pgpool_anycast_hook.hook_argv import HookArgs, parse_node_id, parse_verb_args
+from pgpool_anycast_hook.hook_argv import parse_node_id
+
+if TYPE_CHECKING:
+    from pgpool_anycast_hook.config import Config
 
 EXIT_CODES_HELP = """\b
 Exit status:
@@ -58,16 +62,21 @@ class Options:
         self.dry_run = dry_run
 
 
-def _run_hook_verb(ctx: click.Context, verb: str, args: tuple[str, ...]) -> None:
-    from pgpool_anycast_hook.hook import run_hook
+def _non_empty(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """`--config ""` is a usage error, as in hook_argv.split_global_options."""
+    if value == "":
+        raise click.BadParameter("needs a non-empty PATH")
+    return value
 
-    options: Options = ctx.obj
-    try:
-        node, old_primary, wait_ready = parse_verb_args(verb, list(args))
-    except UsageError as error:
-        raise click.UsageError(str(error), ctx) from None
-    hook_args = HookArgs(verb, node, old_primary, options.config_path, options.dry_run, wait_ready)
-    ctx.exit(run_hook(hook_args))
+
+def _bounded(config_path: str | None, probes: int = 0) -> "Config":
+    """Load the configuration and bound the command by `deadline`, plus its probes' time."""
+    from pgpool_anycast_hook import deadline
+    from pgpool_anycast_hook.config import load_config
+
+    config = load_config(config_path)
+    deadline.arm(config.deadline + probes * config.check_timeout)
+    return config
 
 
 @click.group(help=MAIN_HELP, context_settings={"help_option_names": ["--help", "-h"]})
@@ -76,6 +85,7 @@ def _run_hook_verb(ctx: click.Context, verb: str, args: tuple[str, ...]) -> None
     "config_path",
     metavar="PATH",
     envvar="PGPOOL_ANYCAST_HOOK_CONFIG",
+    callback=_non_empty,
     help="Main configuration file (default /etc/pgpool-anycast-hook/config.toml); "
     "its sibling conf.d/*.toml is read too.",
 )
@@ -96,8 +106,7 @@ def cli(ctx: click.Context, config_path: str | None, dry_run: bool) -> None:
     help="First wait (bounded) until pgpool accepts "
     "connections on its port from pgpool.conf. For ExecStartPost.",
 )
-@click.pass_context
-def add(ctx: click.Context, args: tuple[str, ...], wait_ready: str | None) -> None:
+def add(args: tuple[str, ...], wait_ready: str | None) -> None:
     """Announce: add the addresses if NODE_ID is the primary and it is usable.
 
     NODE_ID is pgpool's %d (blanks around it are fine). Nothing changes when
@@ -105,16 +114,13 @@ def add(ctx: click.Context, args: tuple[str, ...], wait_ready: str | None) -> No
     or while a maintenance hold is set; the log line says which.
     Wire it to failback_command and to ExecStartPost.
     """
-    extra = ("--wait-ready", wait_ready) if wait_ready is not None else ()
-    _run_hook_verb(ctx, "add", extra + args)
 
 
 @cli.command(name="del", context_settings=_RAW)
 @click.argument(
     "args", nargs=-1, type=click.UNPROCESSED, metavar="NODE_ID [OLD_PRIMARY] [EXTRA]..."
 )
-@click.pass_context
-def delete(ctx: click.Context, args: tuple[str, ...]) -> None:
+def delete(args: tuple[str, ...]) -> None:
     """Withdraw: remove the addresses if NODE_ID is the primary.
 
     With OLD_PRIMARY (pgpool's %P) the addresses go when NODE_ID equals it;
@@ -122,20 +128,17 @@ def delete(ctx: click.Context, args: tuple[str, ...]) -> None:
     addresses are fine. Wire it to failover_command, follow_primary_command
     (follow_master_command on 4.1) and ExecStopPost.
     """
-    _run_hook_verb(ctx, "del", args)
 
 
 @cli.command(context_settings=_RAW)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="NODE_ID")
-@click.pass_context
-def clean(ctx: click.Context, args: tuple[str, ...]) -> None:
+def clean(args: tuple[str, ...]) -> None:
     """Before pgpool starts: move pgpool_status aside if it would keep the primary down.
 
     Uses pgpool's own reading rule. The file is renamed in its directory to
     pgpool_status.set-aside-<UTC time>, never deleted; the log line records what
     it held. Wire it to ExecStartPre.
     """
-    _run_hook_verb(ctx, "clean", args)
 
 
 @cli.command(name="check-config")
@@ -146,7 +149,7 @@ def check_config(ctx: click.Context) -> None:
 
     options: Options = ctx.obj
     try:
-        click.echo(config_report(options.config_path), nl=False)
+        click.echo(config_report(_bounded(options.config_path), options.config_path), nl=False)
     except HookError as error:
         click.echo(f"pgpool-anycast-hook: {error}", err=True)
         ctx.exit(int(error.exit_code))
@@ -162,13 +165,12 @@ def status(ctx: click.Context, as_json: bool) -> None:
     Changes nothing and writes no log line.
     """
     from pgpool_anycast_hook import status_report
-    from pgpool_anycast_hook.config import load_config
     from pgpool_anycast_hook.health_check import load_state, state_path
     from pgpool_anycast_hook.observation import observe
 
     options: Options = ctx.obj
     try:
-        config = load_config(options.config_path)
+        config = _bounded(options.config_path, probes=2)  # the socket, then TCP
         check = load_state(state_path(config))
         data = status_report.report(
             config, observe(config), None if check.health.value == "INIT" else check

@@ -1,4 +1,4 @@
-"""The frame every operator command shares: config, deadline, one log line, exit code.
+"""The frame every command that acts shares: config, deadline, one log line, exit code.
 
 For add/del/clean (hook.py) and for `reconcile`, `disable`, `enable`, `drain`
 and `check`: the body gets the configuration and the RunLog, sets fields,
@@ -7,8 +7,8 @@ and returns an exit code; every HookError becomes its own exit code and one line
 
 from collections.abc import Callable
 
+from pgpool_anycast_hook import deadline
 from pgpool_anycast_hook.config import SYSLOG_FACILITIES, Config, load_config
-from pgpool_anycast_hook.deadline import arm_deadline
 from pgpool_anycast_hook.errors import ExitCode, HookError
 from pgpool_anycast_hook.run_log import SEVERITY_ERR, SEVERITY_INFO, SEVERITY_WARNING, RunLog
 
@@ -33,14 +33,18 @@ def run_logged(
     few seconds. `fields` start the line after `action` (e.g. the node id).
     """
     log = RunLog(action=action, **(fields or {}))
+
+    def expire() -> int:
+        log.emit(SEVERITY_ERR, result="deadline", exit=int(ExitCode.TEMPFAIL))
+        done = log.emitted or {}
+        return int(str(done.get("exit", int(ExitCode.TEMPFAIL))))
+
+    deadline.arm(deadline.BEFORE_CONFIG_SECONDS, expire)  # main.py armed it; now with our line
     try:
         config = load_config(config_path)
         log.syslog_address = config.syslog_address
         log.facility = SYSLOG_FACILITIES[config.syslog_facility]
-        arm_deadline(
-            config.deadline + extra_seconds(config),
-            lambda: log.emit(SEVERITY_ERR, result="deadline", exit=int(ExitCode.TEMPFAIL)),
-        )
+        deadline.arm(config.deadline + extra_seconds(config))
         code = body(config, log)
     except HookError as error:
         if error.changed:
