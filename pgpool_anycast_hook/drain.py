@@ -26,7 +26,6 @@ from pgpool_anycast_hook.config import Config
 from pgpool_anycast_hook.errors import ExitCode
 from pgpool_anycast_hook.pgpool_conf import read_pgpool_conf
 from pgpool_anycast_hook.pgpool_process import pgpool_alive, read_pid_file
-from pgpool_anycast_hook.run_lock import run_lock
 from pgpool_anycast_hook.run_log import RunLog
 
 POLL_SECONDS = 0.2
@@ -73,8 +72,7 @@ def drain(config: Config, node: int | None, dry_run: bool, log: RunLog) -> int:
         return 0
     settings = read_pgpool_conf(config.pgpool_conf)
     port = settings.port
-    with run_lock(config.lock_path, config.lock_timeout):
-        changed = announcement.withdraw(config, dry_run, keep_serving=True)
+    changed = announcement.withdraw(config, dry_run, keep_serving=True)  # never waits for a lock
     log.set(decision="withdraw", changed=announcement.changed_field(changed),
             serving="kept" if config.serving_route else "stopped")  # fmt: skip
     pgpool_pid = read_pid_file(settings.pid_file)

@@ -20,18 +20,19 @@ import time
 from typing import NamedTuple
 
 from pgpool_anycast_hook import announcement
-from pgpool_anycast_hook.atomic_file import replace_file
 from pgpool_anycast_hook.check_state import Action, CheckState, Health, action_for, next_state
 from pgpool_anycast_hook.config import Config
 from pgpool_anycast_hook.errors import file_errors
 from pgpool_anycast_hook.hold import read_hold
-from pgpool_anycast_hook.observation import observe
+from pgpool_anycast_hook.observation import observe, refresh
 from pgpool_anycast_hook.pgpool_conf import PgpoolSettings, read_pgpool_conf
 from pgpool_anycast_hook.pgpool_process import Endpoint, endpoints
-from pgpool_anycast_hook.run_lock import run_lock
+from pgpool_anycast_hook.run_lock import run_lock, withdrawal_mark
 from pgpool_anycast_hook.run_log import RunLog
+from pgpool_anycast_hook.safe_files import read_regular, replace_file
 
 STATE_FILE = "check.json"
+MAX_STATE_BYTES = 4096
 SSL_REQUEST = struct.pack("!II", 8, 80877103)
 
 
@@ -93,12 +94,14 @@ def state_path(config: Config) -> str:
 
 
 def load_state(path: str) -> CheckState:
-    """The saved state; INIT when absent or unreadable (then counting starts again)."""
+    """The saved state; INIT when absent, unreadable or garbled (counting starts again)."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-        return CheckState(Health(data["state"]), int(data["count"]))
-    except (OSError, ValueError, KeyError, TypeError):
+        data = json.loads(read_regular(path, MAX_STATE_BYTES))
+        count = data["count"]
+        if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= 1000:
+            return CheckState()
+        return CheckState(Health(data["state"]), count)
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return CheckState()
 
 
@@ -114,8 +117,11 @@ def run_check(config: Config, dry_run: bool, log: RunLog) -> int:
     if not config.addresses:
         log.set(decision="nothing", reason="no addresses configured", changed="none")
         return 0
+    mark = withdrawal_mark(config.state_dir)
     settings = read_pgpool_conf(config.pgpool_conf)
+    # The probes, never under the run lock (run_lock.py):
     result = probe(settings, config.check_timeout, config.check_query)
+    seen = observe(config, settings) if result.ok else None
     path = state_path(config)
     with run_lock(config.lock_path, config.lock_timeout):
         previous = load_state(path)
@@ -129,10 +135,10 @@ def run_check(config: Config, dry_run: bool, log: RunLog) -> int:
         changed: list[str] = []
         if action is Action.WITHDRAW:
             changed = announcement.withdraw(config, dry_run)
-        elif action is Action.FOLLOW_DESIRED:
-            desire = observe(config).desire(config)
+        elif action is Action.FOLLOW_DESIRED and seen is not None:
+            desire = refresh(config, seen).desire(config)
             log.set(decision="announce" if desire.present else "withdraw", reason=desire.reason)
-            changed = announcement.follow(config, desire.present, dry_run)
+            changed = announcement.follow(config, desire.present, dry_run, mark, log)
         log.set(changed=announcement.changed_field(changed))
         if dry_run:
             log.set(result="dry-run")

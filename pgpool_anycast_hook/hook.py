@@ -1,10 +1,11 @@
 """One run of `add`, `del` or `clean`: read, decide, apply, log.
 
 The order is fixed: load the configuration and arm the deadline (logged_run.py),
-(for `add --wait-ready`) wait for pgpool to listen, take the run lock, read
-pgpool's state, decide (decision.py, pure), apply (announcement.py or
-pgpool_status.py), and write the one log line. Every failure becomes an exit code
-from errors.py.
+(for `add`) read the withdrawal mark and (with `--wait-ready`) wait for pgpool to
+listen, take the run lock (not for `del`: a withdrawal never waits, see
+run_lock.py), read pgpool's state, decide (decision.py, pure), apply
+(announcement.py or pgpool_status.py), and write the one log line. Every failure
+becomes an exit code from errors.py.
 """
 
 from pgpool_anycast_hook import announcement
@@ -21,7 +22,7 @@ from pgpool_anycast_hook.decision import (
 from pgpool_anycast_hook.errors import NotReady, file_errors
 from pgpool_anycast_hook.hook_argv import HookArgs
 from pgpool_anycast_hook.logged_run import run_logged
-from pgpool_anycast_hook.run_lock import run_lock
+from pgpool_anycast_hook.run_lock import run_lock, withdrawal_mark
 from pgpool_anycast_hook.run_log import SEVERITY_INFO, RunLog
 
 
@@ -54,10 +55,11 @@ def read_state(config: Config, event: HookEvent, log: RunLog) -> PgpoolState:
     return PgpoolState(primary_usable=status.node_usable(primary), hold=hold)
 
 
-def apply(config: Config, decision: Decision, dry_run: bool, log: RunLog) -> None:
+def apply(config: Config, decision: Decision, dry_run: bool, mark: bytes, log: RunLog) -> None:
     if decision.outcome is Outcome.ANNOUNCE:
         # announcement.py adds the serving routes (serving_route) before the addresses.
-        log.set(changed=announcement.changed_field(announcement.announce(config, dry_run)))
+        changed = announcement.announce(config, dry_run, mark, log)
+        log.set(changed=announcement.changed_field(changed))
     elif decision.outcome is Outcome.WITHDRAW:
         # ... and removes the addresses before the serving routes.
         log.set(changed=announcement.changed_field(announcement.withdraw(config, dry_run)))
@@ -87,15 +89,23 @@ def run_hook(args: HookArgs) -> int:
             if args.dry_run:
                 log.set(result="dry-run")
             return 0
+        if event.verb is Verb.DEL:
+            decision = decide(event, True, config.primary_node_id, read_state(config, event, log))
+            log.set(decision=decision.outcome.value, reason=decision.reason)
+            apply(config, decision, args.dry_run, b"", log)
+            if args.dry_run:
+                log.set(result="dry-run")
+            return 0
+        mark = withdrawal_mark(config.state_dir)
         if args.wait_ready:
             wait_for_pgpool(config, args.wait_ready, log)
         with run_lock(config.lock_path, config.lock_timeout):
             state = read_state(config, event, log)
             decision = decide(event, True, config.primary_node_id, state)
             log.set(decision=decision.outcome.value, reason=decision.reason)
-            apply(config, decision, args.dry_run, log)
+            apply(config, decision, args.dry_run, mark, log)
             # Log while still holding the lock: the order of the lines is the order
-            # in which the runs changed the addresses.
+            # in which the announcing runs changed the addresses.
             log.emit(SEVERITY_INFO, result="dry-run" if args.dry_run else "ok", exit=0)
         return 0
 

@@ -1,6 +1,8 @@
 """Everything `status`, `reconcile` and `check` look at, read once per run.
 
 Reading is side-effect free; deciding is desired_state.py; applying is announcement.py.
+`observe` probes pgpool and must run outside the run lock; `refresh` re-reads only
+what is cheap, for use under it.
 """
 
 from typing import NamedTuple
@@ -36,21 +38,43 @@ class Observation(NamedTuple):
         return desired_presence(self.facts(config))
 
 
-def observe(config: Config) -> Observation:
-    settings = read_pgpool_conf(config.pgpool_conf)
+def observe(config: Config, settings: PgpoolSettings | None = None) -> Observation:
+    """Everything, the probe (a connection to pgpool) included; changes nothing."""
+    settings = settings or read_pgpool_conf(config.pgpool_conf)
     pid = pgpool_process.read_pid_file(settings.pid_file)
     alive = pgpool_process.pgpool_alive(pid)
     listening = pgpool_process.listening(settings, config.check_timeout) if alive else None
-    status_file = config.status_file or settings.status_file
-    backends = max(settings.num_backends, config.primary_node_id + 1)
-    status = pgpool_status.read_status_file(status_file, backends)
-    return Observation(
-        settings=settings,
-        pid=pid,
-        alive=alive,
-        listening=listening,
-        status_file=status_file,
-        status=status,
+    return _cheap_facts(
+        config,
+        Observation(
+            settings=settings,
+            pid=pid,
+            alive=alive,
+            listening=listening,
+            status_file=config.status_file or settings.status_file,
+            status=pgpool_status.parse_status(None, 0),
+            hold=None,
+            presence=announcement.actual(config),
+        ),
+    )
+
+
+def refresh(config: Config, seen: Observation) -> Observation:
+    """Read again what is cheap (pid, pgpool_status, hold), under the run lock.
+
+    The probe's answer is kept: no probe runs under the lock (run_lock.py). A pgpool
+    that died since the probe, or a primary pgpool has marked down since, is seen.
+    """
+    pid = pgpool_process.read_pid_file(seen.settings.pid_file)
+    alive = pid == seen.pid and pgpool_process.pgpool_alive(pid)
+    return _cheap_facts(
+        config, seen._replace(alive=alive, listening=seen.listening if alive else None)
+    )
+
+
+def _cheap_facts(config: Config, seen: Observation) -> Observation:
+    backends = max(seen.settings.num_backends, config.primary_node_id + 1)
+    return seen._replace(
+        status=pgpool_status.read_status_file(seen.status_file, backends),
         hold=read_hold(config.state_dir),
-        presence=announcement.actual(config),
     )

@@ -1,9 +1,10 @@
 """`reconcile`, `disable` and `enable`: make the addresses match the desired state.
 
 `reconcile` runs at ExecStartPre (pgpool is not running yet, so leftovers of an
-unclean stop are removed), by hand, and after `enable`. `disable` writes the
+unclean stop are removed), by hand, and after `enable`. It probes pgpool before it
+takes the run lock and re-reads only cheap facts under it. `disable` writes the
 maintenance hold first and then withdraws, so that no concurrent `add` can put the
-addresses back in between.
+addresses back in between (an add that overlaps takes them back, run_lock.py).
 """
 
 import getpass
@@ -13,8 +14,8 @@ from pgpool_anycast_hook import announcement
 from pgpool_anycast_hook.config import Config
 from pgpool_anycast_hook.errors import file_errors
 from pgpool_anycast_hook.hold import clear_hold, write_hold
-from pgpool_anycast_hook.observation import observe
-from pgpool_anycast_hook.run_lock import run_lock
+from pgpool_anycast_hook.observation import observe, refresh
+from pgpool_anycast_hook.run_lock import run_lock, withdrawal_mark
 from pgpool_anycast_hook.run_log import RunLog
 
 
@@ -23,8 +24,10 @@ def reconcile(config: Config, dry_run: bool, log: RunLog, hold_lifted: bool = Fa
     if not config.addresses:
         log.set(decision="nothing", reason="no addresses configured", changed="none")
         return 0
+    mark = withdrawal_mark(config.state_dir)
+    seen = observe(config)  # the probe: never under the lock
     with run_lock(config.lock_path, config.lock_timeout):
-        seen = observe(config)
+        seen = refresh(config, seen)
         if hold_lifted:
             seen = seen._replace(hold=None)
         desire = seen.desire(config)
@@ -36,7 +39,7 @@ def reconcile(config: Config, dry_run: bool, log: RunLog, hold_lifted: bool = Fa
             decision="announce" if desire.present else "withdraw",
             reason=desire.reason,
         )
-        changed = announcement.follow(config, desire.present, dry_run)
+        changed = announcement.follow(config, desire.present, dry_run, mark, log)
         log.set(changed=announcement.changed_field(changed))
     if dry_run:
         log.set(result="dry-run")
@@ -51,16 +54,16 @@ def _user() -> str:
 
 
 def disable(config: Config, reason: str, dry_run: bool, log: RunLog) -> int:
+    """Write the hold, then withdraw; like every withdrawal, without waiting for the lock."""
     log.set(reason=reason or "-")
-    with run_lock(config.lock_path, config.lock_timeout):
-        if dry_run:
-            log.set(hold="would-set", result="dry-run")
-        else:
-            with file_errors("write the hold"):
-                hold = write_hold(config.state_dir, reason, _user())
-            log.set(hold="set", since=hold.since, by=hold.by)
-        changed = announcement.withdraw(config, dry_run) if config.addresses else []
-        log.set(changed=announcement.changed_field(changed))
+    if dry_run:
+        log.set(hold="would-set", result="dry-run")
+    else:
+        with file_errors("write the hold"):
+            hold = write_hold(config.state_dir, reason, _user())
+        log.set(hold="set", since=hold.since, by=hold.by)
+    changed = announcement.withdraw(config, dry_run) if config.addresses else []
+    log.set(changed=announcement.changed_field(changed))
     return 0
 
 
