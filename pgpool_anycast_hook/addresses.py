@@ -2,7 +2,9 @@
 
 Addresses match exactly on interface index, family, address and prefix length: a
 /24 holding the same address, or a look-alike address, is never ours. EEXIST on
-add and EADDRNOTAVAIL on delete mean "already done". The messages are pyroute2's
+add and EADDRNOTAVAIL on delete mean "already done", so neither dumps the table;
+only an IPv6 EEXIST is checked with a dump, since IPv6 refuses an address that the
+interface holds with any prefix length. The messages are pyroute2's
 `ifaddrmsg`; netlink_socket.py says why only that module of pyroute2 is loaded.
 """
 
@@ -26,6 +28,7 @@ Address = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 IFA_F_NODAD = 0x02
 RT_SCOPE_UNIVERSE, RT_SCOPE_HOST = 0, 254
+OTHER_PREFIX = -1  # not an errno: the address is there, but not with our prefix length
 
 
 class AddressTable:
@@ -56,12 +59,21 @@ class AddressTable:
         return found
 
     def add(self, address: Address) -> int:
-        return self._change(RTM_NEWADDR, address)
+        code = self._change(RTM_NEWADDR, address)
+        if code == errno.EEXIST and address.version == 6 and address not in self.current():
+            # IPv6 refuses an address the interface holds with another prefix length.
+            return OTHER_PREFIX
+        return code
 
     def remove(self, address: Address) -> int:
         return self._change(RTM_DELADDR, address)
 
     def error(self, code: int, action: str, address: Address) -> HookError:
+        if code == OTHER_PREFIX:
+            return HookError(
+                f"cannot {action} {address} on {self._interface}: the interface holds "
+                f"{address.ip} with another prefix length"
+            )
         if code == errno.EACCES and address.version == 6:
             return HookError(
                 f"cannot {action} {address} on {self._interface}: IPv6 is disabled there"

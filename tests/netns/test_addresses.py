@@ -24,7 +24,7 @@ def test_add_del_and_idempotency(netns: str, hook: HookSetup) -> None:
 
 def test_dual_stack_and_several_addresses_on_a_veth(netns: str, hook: HookSetup) -> None:
     wanted = {"198.18.2.0/32", "198.18.2.1/32", "2001:db8:2::1/128", "2001:db8:2::2/64"}
-    hook.write(interface="pah0", addresses=sorted(wanted))
+    hook.write(interface="pah0", addresses=sorted(wanted), allow_wide_prefixes=True)
     assert hook.run(netns, "add", "0").returncode == 0
     assert wanted <= addresses_in(netns, "pah0")
     assert not wanted & addresses_in(netns, "lo")
@@ -44,6 +44,20 @@ def test_only_exact_addresses_are_touched(netns: str, hook: HookSetup) -> None:
     # and a present look-alike never makes `add` think ours is already there
     assert hook.run(netns, "add", "0").returncode == 0
     assert ANYCAST in addresses_in(netns)
+
+
+def test_an_ipv6_address_held_with_another_prefix_is_not_ours(netns: str, hook: HookSetup) -> None:
+    """IPv6 answers EEXIST for the same address with any prefix; add must not take it as ours."""
+    subprocess.run(
+        ["ip", "-n", netns, "addr", "add", "2001:db8:2::1/64", "dev", "lo", "nodad"], check=True
+    )
+    hook.write(addresses=["2001:db8:2::1/128"])
+    result = hook.run(netns, "add", "0")
+    assert result.returncode == 70 and "another prefix length" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert hook.run(netns, "del", "0").returncode == 0
+    held = addresses_in(netns)
+    assert "2001:db8:2::1/64" in held and "2001:db8:2::1/128" not in held
 
 
 def test_standby_node_and_old_primary(netns: str, hook: HookSetup) -> None:
