@@ -33,7 +33,7 @@ class CheckState(NamedTuple):
 
 
 class Action(StrEnum):
-    FOLLOW_DESIRED = "follow-desired"  # announce or withdraw as desired_presence says
+    FOLLOW_DESIRED = "follow-desired"  # announce or withdraw as policy.verdict says
     WITHDRAW = "withdraw"
     KEEP = "keep"  # change nothing: counting
 

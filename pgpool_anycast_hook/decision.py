@@ -1,10 +1,14 @@
-"""What the address state should be: a pure function of the event, config and pgpool state.
+"""What a hook event (add, del, clean) does: a pure function of the event, config and state.
 
-Nothing here touches the system, so every combination can be tested exhaustively.
+Whether the addresses should be announced is policy.py's answer; this module maps
+pgpool's events onto it. Nothing here touches the system, so every combination can
+be tested exhaustively.
 """
 
 from enum import StrEnum
 from typing import NamedTuple
+
+from pgpool_anycast_hook import policy
 
 
 class Verb(StrEnum):
@@ -46,19 +50,34 @@ def deciding_primary(event: HookEvent, primary_node_id: int) -> int:
 def decide(
     event: HookEvent, addresses_configured: bool, primary_node_id: int, state: PgpoolState
 ) -> Decision:
+    """What pgpool's (or systemd's) event means for the addresses.
+
+    Events for another node than the primary change nothing; `clean` is about
+    pgpool_status only. For the primary, policy.verdict answers: `del` says the
+    primary is going away, and `add` comes from pgpool itself (failback, or
+    ExecStartPost once pgpool listens), so pgpool is taken as alive and listening.
+    An `add` that the policy turns down changes nothing; it never withdraws.
+    """
     if not addresses_configured:
-        return Decision(Outcome.NOTHING, "no addresses configured")
+        return Decision(Outcome.NOTHING, policy.NO_ADDRESSES)
     primary = deciding_primary(event, primary_node_id)
     if event.node != primary:
         return Decision(Outcome.NOTHING, f"node {event.node} is not the primary ({primary})")
-    if event.verb is Verb.DEL:
-        return Decision(Outcome.WITHDRAW, f"primary node {primary} is going away")
     if event.verb is Verb.CLEAN:
         if state.primary_usable:
             return Decision(Outcome.NOTHING, f"pgpool_status lets pgpool use node {primary}")
         return Decision(Outcome.SET_ASIDE_STATUS, f"pgpool_status would keep node {primary} down")
-    if state.hold:
-        return Decision(Outcome.NOTHING, "maintenance hold is set (run `enable` to lift it)")
-    if not state.primary_usable:
-        return Decision(Outcome.NOTHING, f"pgpool_status marks primary node {primary} down")
-    return Decision(Outcome.ANNOUNCE, f"primary node {primary} is usable")
+    judged = policy.verdict(
+        policy.Facts(
+            addresses_configured=True,
+            hold=state.hold,
+            pgpool_alive=True,
+            pgpool_listening=True,
+            primary_usable=state.primary_usable,
+            primary_node_id=primary,
+            primary_going_away=event.verb is Verb.DEL,
+        )
+    )
+    if judged.present:
+        return Decision(Outcome.ANNOUNCE, judged.reason)
+    return Decision(Outcome.WITHDRAW if event.verb is Verb.DEL else Outcome.NOTHING, judged.reason)

@@ -1,6 +1,6 @@
 """Everything `status`, `reconcile` and `check` look at, read once per run.
 
-Reading is side-effect free; deciding is desired_state.py; applying is announcement.py.
+Reading is side-effect free; deciding is policy.py; applying is announcement.py.
 `observe` probes pgpool and must run outside the run lock; `refresh` re-reads only
 what is cheap, for use under it.
 """
@@ -9,9 +9,9 @@ from typing import NamedTuple
 
 from pgpool_anycast_hook import announcement, pgpool_process, pgpool_status
 from pgpool_anycast_hook.config import Config
-from pgpool_anycast_hook.desired_state import Desire, Facts, desired_presence
 from pgpool_anycast_hook.hold import Hold, read_hold
 from pgpool_anycast_hook.pgpool_conf import PgpoolSettings, read_pgpool_conf
+from pgpool_anycast_hook.policy import Facts, Verdict, verdict
 
 
 class Observation(NamedTuple):
@@ -34,8 +34,8 @@ class Observation(NamedTuple):
             primary_node_id=config.primary_node_id,
         )
 
-    def desire(self, config: Config) -> Desire:
-        return desired_presence(self.facts(config))
+    def desire(self, config: Config) -> Verdict:
+        return verdict(self.facts(config))
 
 
 def observe(config: Config, settings: PgpoolSettings | None = None) -> Observation:
