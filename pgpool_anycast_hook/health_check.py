@@ -1,11 +1,9 @@
 """`check`, for the timer: probe pgpool, count, and withdraw or announce again.
 
-A plain connect() proves nothing about a hung pgpool: the kernel completes the
-handshake into the listen backlog even when every pgpool process is stopped. So
-the probe speaks the protocol: it sends an SSLRequest and needs pgpool's one-byte
-answer ('S' or 'N') within check_timeout; a pgpool child must be running to send
-it. With check_query, `psql -c 'SELECT 1'` must also succeed (libpq's PG*
-environment chooses user and database; e.g. Environment= in the timer's service).
+The probe is pgpool_probe.probe_once: pgpool must answer an SSLRequest within
+check_timeout (a plain connect() proves nothing about a hung pgpool). With
+check_query, `psql -c 'SELECT 1'` must also succeed (libpq's PG* environment
+chooses user and database; e.g. Environment= in the timer's service).
 
 Counts are kept in <state_dir>/check.json, written atomically. The transition is
 check_state.next_state (pure); this module only does the I/O around it.
@@ -13,11 +11,7 @@ check_state.next_state (pure); this module only does the I/O around it.
 
 import json
 import os
-import socket
-import struct
-import subprocess
 import time
-from typing import NamedTuple
 
 from pgpool_anycast_hook import announcement
 from pgpool_anycast_hook.check_state import Action, CheckState, Health, action_for, next_state
@@ -25,68 +19,14 @@ from pgpool_anycast_hook.config import Config
 from pgpool_anycast_hook.errors import file_errors
 from pgpool_anycast_hook.hold import read_hold
 from pgpool_anycast_hook.observation import observe, refresh
-from pgpool_anycast_hook.pgpool_conf import PgpoolSettings, read_pgpool_conf
-from pgpool_anycast_hook.pgpool_process import Endpoint, endpoints
+from pgpool_anycast_hook.pgpool_conf import read_pgpool_conf
+from pgpool_anycast_hook.pgpool_probe import probe_once
 from pgpool_anycast_hook.run_lock import run_lock, withdrawal_mark
 from pgpool_anycast_hook.run_log import RunLog
 from pgpool_anycast_hook.safe_files import read_regular, replace_file
 
 STATE_FILE = "check.json"
 MAX_STATE_BYTES = 4096
-SSL_REQUEST = struct.pack("!II", 8, 80877103)
-
-
-class ProbeResult(NamedTuple):
-    ok: bool
-    detail: str
-
-
-def ask_ssl(endpoint: Endpoint, timeout: float) -> ProbeResult:
-    """Connect, send SSLRequest, and wait for pgpool's one-byte answer; all within `timeout`."""
-    give_up = time.monotonic() + timeout
-    try:
-        with socket.socket(endpoint.family, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            sock.connect(endpoint.address)
-            sock.settimeout(max(0.01, give_up - time.monotonic()))
-            sock.sendall(SSL_REQUEST)
-            answer = sock.recv(1)
-    except TimeoutError:
-        return ProbeResult(False, f"no answer from {endpoint} within {timeout:g} s")
-    except OSError as error:
-        return ProbeResult(False, f"{endpoint}: {error.strerror or error}")
-    if answer in (b"S", b"N"):
-        return ProbeResult(True, f"{endpoint} answered")
-    return ProbeResult(False, f"{endpoint}: unexpected answer {answer!r}")
-
-
-def query(settings: PgpoolSettings, timeout: float) -> ProbeResult:
-    command = ["psql", "-X", "-w", "-q", "-A", "-t", "-h", settings.socket_dir,
-               "-p", str(settings.port), "-c", "SELECT 1"]  # fmt: skip
-    environment = dict(os.environ, PGCONNECT_TIMEOUT=str(max(1, int(timeout))))
-    try:
-        done = subprocess.run(
-            command, capture_output=True, text=True, timeout=timeout, env=environment, check=False
-        )
-    except subprocess.TimeoutExpired:
-        return ProbeResult(False, f"SELECT 1 did not finish within {timeout:g} s")
-    except OSError as error:
-        return ProbeResult(False, f"cannot run psql: {error.strerror}")
-    if done.returncode != 0 or done.stdout.strip() != "1":
-        return ProbeResult(False, f"SELECT 1 failed: {done.stderr.strip()[:200]}")
-    return ProbeResult(True, "SELECT 1 answered")
-
-
-def probe(settings: PgpoolSettings, timeout: float, with_query: bool) -> ProbeResult:
-    """The unix socket first, then TCP (whichever answers)."""
-    result = ProbeResult(False, "no endpoint")
-    for endpoint in endpoints(settings):
-        result = ask_ssl(endpoint, timeout)
-        if result.ok:
-            break
-    if result.ok and with_query:
-        return query(settings, timeout)
-    return result
 
 
 def state_path(config: Config) -> str:
@@ -120,8 +60,8 @@ def run_check(config: Config, dry_run: bool, log: RunLog) -> int:
     mark = withdrawal_mark(config.state_dir)
     settings = read_pgpool_conf(config.pgpool_conf)
     # The probes, never under the run lock (run_lock.py):
-    result = probe(settings, config.check_timeout, config.check_query)
-    seen = observe(config, settings) if result.ok else None
+    result = probe_once(settings, config.check_timeout, config.check_query)
+    seen = observe(config, settings, probed=result) if result.ok else None
     path = state_path(config)
     with run_lock(config.lock_path, config.lock_timeout):
         previous = load_state(path)

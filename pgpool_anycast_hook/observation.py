@@ -11,6 +11,7 @@ from pgpool_anycast_hook import announcement, pgpool_process, pgpool_status
 from pgpool_anycast_hook.config import Config
 from pgpool_anycast_hook.hold import Hold, read_hold
 from pgpool_anycast_hook.pgpool_conf import PgpoolSettings, read_pgpool_conf
+from pgpool_anycast_hook.pgpool_probe import ProbeResult
 from pgpool_anycast_hook.policy import Facts, Verdict, verdict
 
 
@@ -38,12 +39,20 @@ class Observation(NamedTuple):
         return verdict(self.facts(config))
 
 
-def observe(config: Config, settings: PgpoolSettings | None = None) -> Observation:
-    """Everything, the probe (a connection to pgpool) included; changes nothing."""
+def observe(
+    config: Config, settings: PgpoolSettings | None = None, probed: ProbeResult | None = None
+) -> Observation:
+    """Everything, the probe (an SSLRequest to pgpool) included; changes nothing.
+
+    `probed`: the answer of a probe the caller has just made (check), not repeated.
+    """
     settings = settings or read_pgpool_conf(config.pgpool_conf)
     pid = pgpool_process.read_pid_file(settings.pid_file)
     alive = pgpool_process.pgpool_alive(pid)
-    listening = pgpool_process.listening(settings, config.check_timeout) if alive else None
+    if probed is not None:
+        listening = probed.endpoint if alive and probed.ok else None
+    else:
+        listening = pgpool_process.listening(settings, config.check_timeout) if alive else None
     return _cheap_facts(
         config,
         Observation(

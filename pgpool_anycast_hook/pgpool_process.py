@@ -1,8 +1,11 @@
-"""Is the local pgpool alive, and does it accept connections?
+"""Is the local pgpool alive, and does it answer on its socket?
 
-Liveness mirrors pgpool's own check of its pid file (decimal pid, then a NUL);
-readiness is a connection to its socket: `systemctl start` runs ExecStartPost as
-soon as pgpool was forked, before pgpool has read its configuration or listens.
+Liveness mirrors pgpool's own check of its pid file (decimal pid, then a NUL).
+Readiness is pgpool_probe's SSLRequest answered, not a bare connect: the kernel
+completes a connect into the listen backlog even when pgpool is stopped or hung,
+and `systemctl start` runs ExecStartPost as soon as pgpool was forked, before it
+has read its configuration or listens. So `status`, `reconcile`, `check` and
+`add --wait-ready` all judge "pgpool serves" by the same probe.
 """
 
 import ipaddress
@@ -58,26 +61,15 @@ def endpoints(settings: PgpoolSettings) -> list[Endpoint]:
     return found
 
 
-def accepts(endpoint: Endpoint, timeout: float) -> bool:
-    try:
-        with socket.socket(endpoint.family, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            sock.connect(endpoint.address)
-            return True
-    except OSError:
-        return False
-
-
 def listening(settings: PgpoolSettings, timeout: float = 0.5) -> Endpoint | None:
-    """The first endpoint that accepts a connection now, or None."""
-    for endpoint in endpoints(settings):
-        if accepts(endpoint, timeout):
-            return endpoint
-    return None
+    """The endpoint that answered an SSLRequest within `timeout` seconds, or None."""
+    from pgpool_anycast_hook.pgpool_probe import probe_once  # it imports this module
+
+    return probe_once(settings, timeout, with_query=False).endpoint
 
 
 def wait_until_listening(settings: PgpoolSettings, timeout: float) -> Endpoint | None:
-    """Poll until pgpool accepts a connection, for at most `timeout` seconds."""
+    """Probe until pgpool answers, for at most `timeout` seconds (each probe within it)."""
     give_up = time.monotonic() + timeout
     for _ in range(int(timeout / POLL_SECONDS) + 2):
         endpoint = listening(settings, timeout=min(0.5, max(0.05, give_up - time.monotonic())))

@@ -12,7 +12,7 @@ from typing import NamedTuple
 NO_ADDRESSES = "no addresses configured"
 HOLD = "maintenance hold is set (run `enable` to lift it)"
 PGPOOL_DOWN = "pgpool is not running"
-NOT_LISTENING = "pgpool does not accept connections"
+NOT_LISTENING = "pgpool does not answer on its socket or port"
 PRIMARY_GOING_AWAY = "primary node {node} is going away"
 PRIMARY_DOWN = "pgpool_status marks primary node {node} down"
 SERVES = "pgpool serves and primary node {node} is usable"
@@ -22,7 +22,7 @@ class Facts(NamedTuple):
     addresses_configured: bool
     hold: bool  # an operator's maintenance hold (`disable`) is set
     pgpool_alive: bool  # the pid in pgpool's pid file is a running pgpool
-    pgpool_listening: bool  # pgpool accepts connections on its socket or port
+    pgpool_listening: bool  # pgpool answers an SSLRequest on its socket or port
     primary_usable: bool  # pgpool_status, read with pgpool's rule, lets pgpool use the primary
     primary_node_id: int = 0
     primary_going_away: bool = False  # pgpool said so: `del` for the primary

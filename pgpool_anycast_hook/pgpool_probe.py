@@ -1,0 +1,250 @@
+"""The one probe of pgpool: does it answer an SSLRequest, within a time bound?
+
+A plain connect() proves nothing about a hung pgpool: the kernel completes the
+handshake into the listen backlog even when every pgpool process is stopped. So
+the probe speaks the protocol: it sends an SSLRequest and needs pgpool's one-byte
+answer ('S' or 'N'); a pgpool child must be running to send it.
+
+`SslProbe` never blocks, so the guard can drive it from its one poll loop next to
+other descriptors; `probe_once` drives one to its end for the one-shot commands
+(`check`, `status`, `reconcile`, `add --wait-ready`). Endpoints are numeric (never a
+name: resolving one could wait on DNS), and the whole probe, every endpoint
+included, is bounded by its timeout from its start.
+"""
+
+import errno
+import ipaddress
+import os
+import select
+import socket
+import struct
+import subprocess
+import time
+from collections.abc import Sequence
+from enum import Enum
+from typing import NamedTuple
+
+from pgpool_anycast_hook.pgpool_conf import PgpoolSettings
+from pgpool_anycast_hook.pgpool_process import Endpoint, endpoints
+
+SSL_REQUEST = struct.pack("!II", 8, 80877103)
+ANSWERS = (b"S", b"N")
+MAX_STEPS = 64  # probe_once: connect, send and read per endpoint, with room for wake-ups
+
+
+class ProbeResult(NamedTuple):
+    ok: bool
+    detail: str
+    latency: float  # seconds from the start of the probe to its outcome
+    endpoint: Endpoint | None = None  # the endpoint that answered the SSLRequest, if one did
+
+
+class Phase(Enum):
+    CONNECTING = "connecting"
+    SENDING = "sending"
+    WAITING = "waiting"
+    DONE = "done"
+
+
+class SslProbe:
+    """One SSLRequest probe, tried on each endpoint in order until one answers.
+
+    Every method returns at once. Wait for `events()` on `fileno()` (with poll),
+    then call `advance(now)`; call `expire(now)` at any time (with `deadline` as the
+    poll timeout); `close()` at the end. Both return the ProbeResult once the probe
+    is over, the same one on every later call, else None.
+
+    `fileno()` stays open until `close()`, also once the probe is over: poll then
+    reports it ready at once (`events()` is POLLOUT; a failed socket is always
+    ready), so a caller that registers it right after the constructor, which may
+    already have failed every endpoint, still wakes up and collects the result.
+    It is -1 only when no socket was ever made (no endpoint, or socket() failed);
+    `expire()` then already returns the result.
+    """
+
+    def __init__(self, targets: Sequence[Endpoint], timeout: float, now: float | None = None):
+        self.started = time.monotonic() if now is None else now
+        self.deadline = self.started + timeout
+        self.timeout = timeout
+        self.endpoint: Endpoint | None = None
+        self.phase = Phase.CONNECTING
+        self._targets = list(targets)
+        self._next = 0
+        self._sock: socket.socket | None = None
+        self._sent = 0
+        self._result: ProbeResult | None = None
+        self._try_next(self.started, "no endpoint to probe")
+
+    def fileno(self) -> int:
+        return self._sock.fileno() if self._sock is not None else -1
+
+    def events(self) -> int:
+        return select.POLLIN if self.phase is Phase.WAITING else select.POLLOUT
+
+    def advance(self, now: float) -> ProbeResult | None:
+        """Take the next step if the socket is ready for it (checked here, without waiting)."""
+        if self.expire(now) is not None or self._sock is None:
+            return self._result
+        if not self._ready():
+            return None
+        if self.phase is Phase.CONNECTING:
+            self._connected(now)
+        elif self.phase is Phase.SENDING:
+            self._send(now)
+        elif self.phase is Phase.WAITING:
+            self._read(now)
+        return self._result
+
+    def expire(self, now: float) -> ProbeResult | None:
+        """The result if the probe is over; a failure once `deadline` has passed."""
+        if self._result is None and now >= self.deadline:
+            assert self.endpoint is not None  # set whenever the probe is not over
+            detail = f"no answer from {self.endpoint} within {self.timeout:g} s"
+            self._finish(ProbeResult(False, detail, now - self.started))
+        return self._result
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    # -- the steps -------------------------------------------------------------------
+
+    def _ready(self) -> bool:
+        assert self._sock is not None
+        poller = select.poll()
+        poller.register(self._sock, self.events())
+        return bool(poller.poll(0))
+
+    def _try_next(self, now: float, failure: str) -> None:
+        """Start a connection to the next endpoint; finish with `failure` if none is left."""
+        while self._next < len(self._targets):
+            self.endpoint = self._targets[self._next]
+            self._next += 1
+            failure = self._connect(self.endpoint)
+            if not failure:
+                return
+        self._finish(ProbeResult(False, failure, now - self.started))
+
+    def _connect(self, endpoint: Endpoint) -> str:
+        """Start the connection: "" when under way, else why it failed."""
+        if not isinstance(endpoint.address, str):
+            try:
+                ipaddress.ip_address(endpoint.address[0])
+            except ValueError:
+                return f"{endpoint}: not a numeric address"
+        try:
+            sock = socket.socket(endpoint.family, socket.SOCK_STREAM)
+        except OSError as error:
+            return f"{endpoint}: {error.strerror or error}"
+        sock.setblocking(False)
+        self._replace_socket(sock)  # kept even when it fails: a caller may poll it already
+        try:
+            code = sock.connect_ex(endpoint.address)
+        except OSError as error:  # e.g. a unix path too long
+            return f"{endpoint}: {error.strerror or error}"
+        if code in (0, errno.EINPROGRESS):
+            self.phase = Phase.SENDING if code == 0 else Phase.CONNECTING
+            return ""
+        if code == errno.EAGAIN and endpoint.family == socket.AF_UNIX:
+            return f"{endpoint}: listen queue full"  # and no event says when to try again
+        return f"{endpoint}: {os.strerror(code)}"
+
+    def _replace_socket(self, sock: socket.socket) -> None:
+        self.close()
+        self._sock, self._sent = sock, 0
+
+    def _connected(self, now: float) -> None:
+        assert self._sock is not None
+        code = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            self._try_next(now, f"{self.endpoint}: {os.strerror(code)}")
+            return
+        self.phase = Phase.SENDING
+        self._send(now)
+
+    def _send(self, now: float) -> None:
+        assert self._sock is not None
+        try:
+            self._sent += self._sock.send(SSL_REQUEST[self._sent :], socket.MSG_NOSIGNAL)
+        except BlockingIOError:
+            return
+        except OSError as error:
+            self._try_next(now, f"{self.endpoint}: {error.strerror or error}")
+            return
+        if self._sent == len(SSL_REQUEST):
+            self.phase = Phase.WAITING
+
+    def _read(self, now: float) -> None:
+        assert self._sock is not None
+        try:
+            answer = self._sock.recv(1)
+        except BlockingIOError:
+            return
+        except OSError as error:
+            self._try_next(now, f"{self.endpoint}: {error.strerror or error}")
+            return
+        if answer in ANSWERS:
+            detail = f"{self.endpoint} answered"
+            self._finish(ProbeResult(True, detail, now - self.started, self.endpoint))
+        else:
+            self._try_next(now, f"{self.endpoint}: unexpected answer {answer!r}")
+
+    def _finish(self, result: ProbeResult) -> None:
+        self.phase = Phase.DONE
+        self._result = result
+
+
+def finish(probe: SslProbe) -> ProbeResult:
+    """Drive `probe` to its end with poll: at most MAX_STEPS wake-ups, until its deadline."""
+    poller = select.poll()
+    for _ in range(MAX_STEPS):
+        now = time.monotonic()
+        result = probe.advance(now)
+        if result is not None:
+            return result
+        poller.register(probe.fileno(), probe.events())
+        poller.poll(max(0.0, probe.deadline - now) * 1000)
+        poller.unregister(probe.fileno())
+    now = time.monotonic()
+    return ProbeResult(False, f"probe gave up after {MAX_STEPS} steps", now - probe.started)
+
+
+def query(settings: PgpoolSettings, timeout: float) -> ProbeResult:
+    """`psql -c 'SELECT 1'` through the unix socket, killed after `timeout` seconds."""
+    started = time.monotonic()
+    command = ["psql", "-X", "-w", "-q", "-A", "-t", "-h", settings.socket_dir,
+               "-p", str(settings.port), "-c", "SELECT 1"]  # fmt: skip
+    environment = dict(os.environ, PGCONNECT_TIMEOUT=str(max(1, int(timeout))))
+    try:
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout, env=environment, check=False
+        )
+    except subprocess.TimeoutExpired:
+        detail = f"SELECT 1 did not finish within {timeout:.3g} s"
+        return ProbeResult(False, detail, time.monotonic() - started)
+    except OSError as error:
+        return ProbeResult(False, f"cannot run psql: {error.strerror}", time.monotonic() - started)
+    latency = time.monotonic() - started
+    if done.returncode != 0 or done.stdout.strip() != "1":
+        return ProbeResult(False, f"SELECT 1 failed: {done.stderr.strip()[:200]}", latency)
+    return ProbeResult(True, "SELECT 1 answered", latency)
+
+
+def probe_once(settings: PgpoolSettings, timeout: float, with_query: bool) -> ProbeResult:
+    """The SSLRequest probe (the unix socket first, then TCP), then optionally SELECT 1.
+
+    All of it within `timeout`: the query gets what the SSLRequest left.
+    """
+    probe = SslProbe(endpoints(settings), timeout)
+    try:
+        result = finish(probe)
+    finally:
+        probe.close()
+    if not (result.ok and with_query):
+        return result
+    left = probe.deadline - time.monotonic()
+    if left <= 0:
+        return ProbeResult(False, "no time left for SELECT 1", time.monotonic() - probe.started)
+    answered = query(settings, left)
+    return answered._replace(latency=result.latency + answered.latency, endpoint=result.endpoint)
