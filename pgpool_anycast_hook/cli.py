@@ -28,6 +28,7 @@ Exit status:
   70  any other failure
   75  busy: lock not acquired in time, deadline hit, pgpool not ready,
       drain timeout
+  76  guarded wiring: the guard is not running or did not answer
   77  permission denied (CAP_NET_ADMIN is needed to change addresses)
   78  configuration error"""
 
@@ -188,7 +189,8 @@ def reconcile(ctx: click.Context) -> None:
     """Announce or withdraw so that the addresses match the desired state.
 
     Desired: present iff addresses are configured, no hold is set, pgpool is
-    alive and accepts connections, and pgpool_status lets pgpool use the primary.
+    alive and answers on its socket or port, and pgpool_status lets pgpool use the
+    primary.
     Wire it to ExecStartPre (removes leftovers of an unclean stop).
     """
     from pgpool_anycast_hook.logged_run import run_logged
@@ -271,6 +273,26 @@ def check(ctx: click.Context) -> None:
                         lambda config, log: run_check(config, options.dry_run, log),
                         extra_seconds=lambda config: 2 * config.check_timeout,
                         quiet_unchanged=True))  # fmt: skip
+
+
+@cli.command()
+@click.pass_context
+def guard(ctx: click.Context) -> None:
+    """Run the guard: the long-running owner of the addresses (guarded wiring).
+
+    It holds a pidfd on pgpool's main process and withdraws the moment pgpool
+    dies; probes pgpool every `interval` (check_rise/check_fall); announces
+    again only after `hold_down` seconds of health; leases the addresses
+    (`lease`), so they vanish if the guard dies; and takes add/del/drain
+    requests from root and pgpool's user on `guard_socket`. SIGHUP re-reads
+    the configuration. Run it from pgpool-anycast-hook-guard.service.
+    """
+    from pgpool_anycast_hook import deadline
+    from pgpool_anycast_hook.guard import run_guard
+
+    options: Options = ctx.obj
+    deadline.disarm()
+    ctx.exit(run_guard(options.config_path))
 
 
 def run_cli(argv: list[str]) -> int:

@@ -52,6 +52,12 @@ class Config(NamedTuple):
     check_rise: int = 2
     check_fall: int = 3
     serving_route: bool = False
+    mode: str = "standalone"  # or "guarded": add/del/drain are requests to the guard
+    guard_socket: str = "/run/pgpool-anycast-hook/guard.sock"
+    guard_clients: tuple[str, ...] = ("postgres",)  # who may send events, besides root
+    interval: float = 0.5  # guard: seconds between probes and lease renewals
+    lease: float = 10.0  # guard: lifetime of an announced address unless renewed
+    hold_down: float = 5.0  # guard: continuous health needed to announce after a withdrawal
     sources: tuple[str, ...] = ()  # files that were read, for check-config
 
     @property
@@ -198,6 +204,26 @@ def _flag(key: str, value: Any) -> bool:
     return value
 
 
+MODES = ("standalone", "guarded")
+
+
+def _mode(key: str, value: Any) -> str:
+    text = _string(key, value)
+    if text not in MODES:
+        raise ValueError(f"must be one of {', '.join(MODES)}")
+    return text
+
+
+def _user_names(key: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or len(value) > 16:
+        raise ValueError('must be a list of at most 16 user names, e.g. ["postgres"]')
+    names = tuple(_string(key, item) for item in value)
+    for name in names:
+        if not name or len(name) > 32 or not all(c.isalnum() or c in "-_." for c in name):
+            raise ValueError(f"{name[:40]!r} is not a user name")
+    return names
+
+
 _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "interface": _interface,
     "addresses": _addresses,
@@ -218,6 +244,12 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "check_fall": _count,
     "serving_route": _flag,
     "allow_wide_prefixes": _flag,
+    "mode": _mode,
+    "guard_socket": _required_path,
+    "guard_clients": _user_names,
+    "interval": _seconds(0.05, 10.0),
+    "lease": _seconds(2.0, 3600.0),
+    "hold_down": _seconds(0.0, 600.0),
 }
 
 
@@ -286,6 +318,13 @@ def check_merged(typed: dict[str, Any], source: str) -> None:
     its prefix may be as wide as /24 or /64, never wider: the kernel makes every
     address of a prefix on `lo` local, and FRR announces the whole prefix.
     """
+    interval: float = typed.get("interval", Config().interval)
+    lease: float = typed.get("lease", Config().lease)
+    if lease < 2 * interval:
+        raise ConfigError(
+            f"{source}: lease {lease:g} must be at least twice interval {interval:g}, "
+            "or the guard's renewals could not keep the addresses up"
+        )
     wide = typed.get("allow_wide_prefixes", False)
     for address in typed.get("addresses", ()):
         prefix = address.network.prefixlen

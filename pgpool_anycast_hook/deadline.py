@@ -50,7 +50,7 @@ class _Deadline:
             left = self.expires_at - time.monotonic()
             if left <= 0:
                 break
-            self._changed.wait(left)
+            self._changed.wait(None if left == float("inf") else left)
         # Whatever the expiry action meets, the process ends soon after.
         threading.Timer(EXPIRY_GRACE_SECONDS, os._exit, (int(ExitCode.TEMPFAIL),)).start()
         code: int | None = None
@@ -66,6 +66,12 @@ _DEADLINE = _Deadline()
 def arm(total_seconds: float, on_expiry: Expiry | None = None) -> None:
     """Arm or re-arm the process's deadline, counted from process start."""
     _DEADLINE.arm(total_seconds, on_expiry)
+
+
+def disarm() -> None:
+    """For the long-running guard only, whose every wait is bounded on its own."""
+    _DEADLINE.expires_at = float("inf")
+    _DEADLINE._changed.set()
 
 
 def seconds_left() -> float:

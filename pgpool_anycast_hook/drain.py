@@ -72,9 +72,15 @@ def drain(config: Config, node: int | None, dry_run: bool, log: RunLog) -> int:
         return 0
     settings = read_pgpool_conf(config.pgpool_conf)
     port = settings.port
-    changed = announcement.withdraw(config, dry_run, keep_serving=True)  # never waits for a lock
-    log.set(decision="withdraw", changed=announcement.changed_field(changed),
-            serving="kept" if config.serving_route else "stopped")  # fmt: skip
+    if config.mode == "guarded":
+        from pgpool_anycast_hook.guard_client import ask_guard
+
+        _code, fields = ask_guard(config.guard_socket, {"verb": "drain", "dry_run": dry_run})
+        log.set(mode="guarded", **{k: v for k, v in fields.items() if k not in ("result", "exit")})
+    else:
+        changed = announcement.withdraw(config, dry_run, keep_serving=True)  # never waits
+        log.set(decision="withdraw", changed=announcement.changed_field(changed),
+                serving="kept" if config.serving_route else "stopped")  # fmt: skip
     pgpool_pid = read_pid_file(settings.pid_file)
     if not pgpool_alive(pgpool_pid):
         # pgpool exited before the stop: nothing is left to drain.

@@ -18,6 +18,7 @@ class ExitCode(IntEnum):
     UNAVAILABLE = 69  # the configured interface does not exist
     FAILURE = 70  # anything else went wrong
     TEMPFAIL = 75  # lock not acquired in time, deadline hit, pgpool not ready, drain timeout
+    GUARD_UNREACHABLE = 76  # guarded wiring: the guard did not take the request
     NOPERM = 77  # no CAP_NET_ADMIN, or a file we may not touch
     CONFIG = 78  # configuration error
 
@@ -53,6 +54,11 @@ class InterfaceMissing(HookError):
 class Busy(HookError):
     exit_code = ExitCode.TEMPFAIL
     result = "busy"
+
+
+class GuardUnreachable(HookError):
+    exit_code = ExitCode.GUARD_UNREACHABLE
+    result = "guard-unreachable"
 
 
 class NotReady(HookError):

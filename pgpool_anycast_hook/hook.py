@@ -8,7 +8,6 @@ run_lock.py), read pgpool's state, decide (decision.py, pure), apply
 becomes an exit code from errors.py.
 """
 
-from pgpool_anycast_hook import announcement
 from pgpool_anycast_hook.config import Config
 from pgpool_anycast_hook.decision import (
     Decision,
@@ -22,7 +21,6 @@ from pgpool_anycast_hook.decision import (
 from pgpool_anycast_hook.errors import NotReady, file_errors
 from pgpool_anycast_hook.hook_argv import HookArgs
 from pgpool_anycast_hook.logged_run import run_logged
-from pgpool_anycast_hook.run_lock import run_lock, withdrawal_mark
 from pgpool_anycast_hook.run_log import SEVERITY_INFO, RunLog
 
 
@@ -56,6 +54,8 @@ def read_state(config: Config, event: HookEvent, log: RunLog) -> PgpoolState:
 
 
 def apply(config: Config, decision: Decision, dry_run: bool, mark: bytes, log: RunLog) -> None:
+    from pgpool_anycast_hook import announcement  # netlink: not on the guarded client's path
+
     if decision.outcome is Outcome.ANNOUNCE:
         # announcement.py adds the serving routes (serving_route) before the addresses.
         changed = announcement.announce(config, dry_run, mark, log)
@@ -83,6 +83,8 @@ def run_hook(args: HookArgs) -> int:
     event = HookEvent(Verb(args.verb), args.node, args.old_primary)
 
     def body(config: Config, log: RunLog) -> int:
+        if config.mode == "guarded" and event.verb is not Verb.CLEAN:
+            return ask_the_guard(config, args, log)
         if not config.addresses:
             decision = decide(event, False, config.primary_node_id, PgpoolState(True, False))
             log.set(decision=decision.outcome.value, reason=decision.reason, changed="none")
@@ -96,6 +98,8 @@ def run_hook(args: HookArgs) -> int:
             if args.dry_run:
                 log.set(result="dry-run")
             return 0
+        from pgpool_anycast_hook.run_lock import run_lock, withdrawal_mark
+
         mark = withdrawal_mark(config.state_dir)
         if args.wait_ready:
             wait_for_pgpool(config, args.wait_ready, log)
@@ -115,6 +119,19 @@ def run_hook(args: HookArgs) -> int:
     return run_logged(args.verb, args.config_path, body, lambda _: args.wait_ready, fields=start)
 
 
+def ask_the_guard(config: Config, args: HookArgs, log: RunLog) -> int:
+    """Guarded wiring: the guard decides and acts; its answer makes the line and the code."""
+    from pgpool_anycast_hook.guard_client import ask_guard
+
+    request = {"verb": args.verb, "node": args.node, "old_primary": args.old_primary,
+               "dry_run": args.dry_run}  # fmt: skip
+    if args.wait_ready:
+        wait_for_pgpool(config, args.wait_ready, log)
+    code, fields = ask_guard(config.guard_socket, request)
+    log.set(mode="guarded", **{str(k): v for k, v in fields.items() if k not in ("exit", "action")})
+    return code
+
+
 def wait_for_pgpool(config: Config, seconds: float, log: RunLog) -> None:
     from pgpool_anycast_hook.pgpool_conf import read_pgpool_conf
     from pgpool_anycast_hook.pgpool_process import wait_until_listening
@@ -123,6 +140,6 @@ def wait_for_pgpool(config: Config, seconds: float, log: RunLog) -> None:
     endpoint = wait_until_listening(settings, seconds)
     if endpoint is None:
         raise NotReady(
-            f"pgpool did not accept connections on port {settings.port} within {seconds:g} s"
+            f"pgpool did not answer on its socket or port {settings.port} within {seconds:g} s"
         )
     log.set(ready=str(endpoint))

@@ -49,11 +49,50 @@ def report(config: Config, seen: Observation, check: CheckState | None) -> dict[
         },
         "hold": seen.hold._asdict() if seen.hold else None,
         "check": None if check is None else {"state": check.health.value, "count": check.streak},
+        "mode": config.mode,
+        "guard": guard_report(config) if config.mode == "guarded" else None,
         "desired": wanted,
         "reason": desire.reason,
         "actual": actual,
         "matches": actual == wanted,
     }
+
+
+def guard_report(config: Config) -> dict[str, Any] | None:
+    """What the guard last wrote into guard.json beside its socket, with the lease left."""
+    import os
+    import time
+
+    from pgpool_anycast_hook.guard import STATE_FILE
+    from pgpool_anycast_hook.guard_state import lease_left
+    from pgpool_anycast_hook.safe_files import read_regular
+
+    path = os.path.join(os.path.dirname(config.guard_socket), STATE_FILE)
+    try:
+        data = json.loads(read_regular(path, 65536))
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    renewed, lease = data.get("renewed_at"), data.get("lease")
+    if isinstance(renewed, int | float) and isinstance(lease, int | float):
+        data["lease_left"] = round(lease_left(lease, renewed, time.time()), 1)
+    else:
+        data["lease_left"] = None
+    return data
+
+
+def _guard_row(guard: dict[str, Any] | None) -> str:
+    if guard is None:
+        return "not running (no guard.json)"
+    last = guard.get("last_transition") or {}
+    return (
+        f"{guard.get('phase')}, pid {guard.get('pid')}, pgpool pid {guard.get('pgpool_pid')}, "
+        f"probe {guard.get('health')} ({guard.get('streak')}), "
+        f"lease left {guard.get('lease_left')} s, "
+        f"hold-down left {guard.get('hold_down_left')} s; "
+        f"last: {last.get('to')} ({last.get('reason')})"
+    )
 
 
 def exit_code(data: dict[str, Any]) -> int:
@@ -101,6 +140,9 @@ def as_table(data: dict[str, Any]) -> str:
     rows.append(("hold", held))
     if data["check"] is not None:
         rows.append(("check", f"{data['check']['state']} ({data['check']['count']})"))
+    guard = data["guard"]
+    if data["mode"] == "guarded":
+        rows.append(("guard", _guard_row(guard)))
     rows.append(("desired", f"{data['desired']}: {data['reason']}"))
     rows.append(("actual", f"{data['actual']} ({'matches' if data['matches'] else 'DRIFT'})"))
     width = max(len(key) for key, _ in rows)

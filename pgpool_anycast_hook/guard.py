@@ -1,0 +1,479 @@
+"""`pgpool-anycast-hook guard`: the long-running owner of the addresses.
+
+In the guarded wiring the guard is the only process with CAP_NET_ADMIN; pgpool runs
+with none, and its add/del/drain commands become requests to the guard over a Unix
+socket (guard_client.py). One poll loop, which never blocks on anything but poll
+itself, watches:
+
+- a pidfd on pgpool's main process (pgpool_pidfd.py): readable the moment pgpool
+  dies, and the addresses go at once, before systemd starts its stop sequence;
+- the control socket: requests from root and pgpool's user only (SO_PEERCRED);
+- the probe of pgpool (pgpool_probe.SslProbe, non-blocking), every `interval`,
+  with check_rise/check_fall counts (check_state.py);
+- signals: SIGHUP re-reads the configuration, SIGTERM and SIGINT end the guard.
+
+Every tick asks policy.verdict, and guard_state.step turns the answer into an
+action (announce, renew the lease, withdraw, wait, with the hold-down). Leases
+(guard_netlink.py) make every failure of the guard itself fail closed. A guard
+that stops while pgpool runs keeps the addresses (the next guard adopts them
+within the lease); one that stops after pgpool withdraws them.
+
+Every transition is one key=value log line (run_log.py); guard.json in the socket's
+directory says what `status` shows.
+"""
+
+import contextlib
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import time
+from typing import Any
+
+from pgpool_anycast_hook import guard_netlink, policy
+from pgpool_anycast_hook.check_state import CheckState, Health, next_state
+from pgpool_anycast_hook.config import SYSLOG_FACILITIES, Address, Config, load_config
+from pgpool_anycast_hook.decision import HookEvent, Outcome, PgpoolState, Verb, decide
+from pgpool_anycast_hook.errors import ExitCode, HookError
+from pgpool_anycast_hook.guard_state import Action, GuardState, Phase, hold_down_left, initial, step
+from pgpool_anycast_hook.hold import read_hold
+from pgpool_anycast_hook.pgpool_conf import PgpoolSettings, read_pgpool_conf
+from pgpool_anycast_hook.pgpool_pidfd import find_main_pid, open_pidfd
+from pgpool_anycast_hook.pgpool_probe import SslProbe
+from pgpool_anycast_hook.pgpool_process import endpoints
+from pgpool_anycast_hook.pgpool_status import read_status_file
+from pgpool_anycast_hook.run_log import (
+    SEVERITY_INFO,
+    SEVERITY_WARNING,
+    STDERR,
+    format_line,
+    send_syslog,
+    write_nonblocking,
+)
+
+MAX_REQUEST = 4096
+MAX_CLIENTS = 32
+CLIENT_SECONDS = 1.0
+STATE_FILE = "guard.json"
+_UCRED = struct.Struct("3i")
+
+
+def notify(message: str) -> None:
+    """sd_notify(3) through python3-systemd; nothing outside systemd."""
+    if not os.environ.get("NOTIFY_SOCKET"):
+        return
+    from systemd import daemon  # type: ignore[import-untyped]
+
+    daemon.notify(message)
+
+
+class Guard:
+    def __init__(self, config_path: str | None) -> None:
+        self.config_path = config_path
+        self.config, self.settings = self._read_configuration()
+        self.ipr = guard_netlink.open_route()
+        self.index = guard_netlink.interface_index(self.ipr, self.config.interface)
+        present = guard_netlink.present_addresses(self.ipr, self.index, self.config.addresses)
+        self.state = initial(bool(present) and all(present.values()), None)
+        self.health = CheckState()
+        self.pgpool_pid: int | None = None
+        self.pidfd: int | None = None
+        self.probe: SslProbe | None = None
+        self.event_withdrawn = False  # pgpool said `del` for the primary; until `add`
+        self.last_transition = {"at": time.time(), "to": self.state.phase.value, "reason": "start"}
+        self.renewed_at: float | None = None
+        self.clients: dict[int, tuple[socket.socket, float]] = {}
+        self.signals: list[int] = []  # signal numbers, handled in the loop
+        self.server = self._listen()
+        self.poller = select.poll()
+        self.poller.register(self.server.fileno(), select.POLLIN)
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.poller.register(self._wake_r, select.POLLIN)
+        self.next_tick = time.monotonic()
+
+    # -- configuration -------------------------------------------------------------
+
+    def _read_configuration(self) -> tuple[Config, PgpoolSettings]:
+        config = load_config(self.config_path)
+        return config, read_pgpool_conf(config.pgpool_conf)
+
+    def _client_uids(self) -> set[int]:
+        import pwd
+
+        uids = {0}
+        for name in self.config.guard_clients:
+            with contextlib.suppress(KeyError):
+                uids.add(pwd.getpwnam(name).pw_uid)
+        return uids
+
+    def _pgpool_uid(self) -> int | None:
+        import pwd
+
+        try:
+            return pwd.getpwnam(self.config.guard_clients[0]).pw_uid
+        except (KeyError, IndexError):
+            return None
+
+    def reload(self) -> None:
+        try:
+            config, settings = self._read_configuration()
+        except HookError as error:
+            self.log(SEVERITY_WARNING, event="reload", result=error.result, error=str(error))
+            return
+        removed = set(self.config.addresses) - set(config.addresses)
+        self.withdraw_addresses(removed)
+        self.config, self.settings = config, settings
+        self.log(SEVERITY_INFO, event="reload", result="ok")
+        self.evaluate("reload")
+
+    # -- the control socket ------------------------------------------------------------
+
+    def _listen(self) -> socket.socket:
+        path = self.config.guard_socket
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        try:
+            if os.path.exists(path) and not os.path.islink(path):
+                os.unlink(path)  # a socket left by the previous guard
+        except OSError:
+            pass
+        old = os.umask(0o111)  # rw for all; SO_PEERCRED decides who is heard
+        try:
+            server.bind(path)
+        finally:
+            os.umask(old)
+        server.listen(MAX_CLIENTS)
+        server.setblocking(False)
+        return server
+
+    def accept(self) -> None:
+        try:
+            conn, _ = self.server.accept()
+        except OSError:
+            return
+        conn.setblocking(False)
+        _pid, uid, _gid = _UCRED.unpack(
+            conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+        )
+        if uid not in self._client_uids() or len(self.clients) >= MAX_CLIENTS:
+            self._reply(conn, ExitCode.NOPERM, {"error": f"uid {uid} may not ask the guard"})
+            conn.close()
+            return
+        self.clients[conn.fileno()] = (conn, time.monotonic() + CLIENT_SECONDS)
+        self.poller.register(conn.fileno(), select.POLLIN)
+
+    def serve(self, fd: int) -> None:
+        conn, _ = self.clients.pop(fd)
+        self.poller.unregister(fd)
+        try:
+            request = json.loads(conn.recv(MAX_REQUEST))
+            code, fields = self.handle(request)
+        except (OSError, ValueError, TypeError, KeyError) as error:
+            code, fields = ExitCode.USAGE, {"error": f"bad request: {error}"}
+        self._reply(conn, code, fields)
+        conn.close()
+
+    def _reply(self, conn: socket.socket, code: int, fields: dict[str, object]) -> None:
+        with contextlib.suppress(OSError):  # a client that left: nothing to tell
+            conn.send(json.dumps({"exit": int(code), "fields": fields}).encode())
+
+    def drop_late_clients(self, now: float) -> None:
+        for fd, (conn, until) in list(self.clients.items()):
+            if now > until:
+                self.poller.unregister(fd)
+                del self.clients[fd]
+                conn.close()
+
+    def handle(self, request: dict[str, Any]) -> tuple[int, dict[str, object]]:
+        """One event from pgpool, systemd or an operator: add, del or drain."""
+        verb = request["verb"]
+        dry_run = bool(request.get("dry_run", False))
+        if verb == "drain":
+            return self._drain(dry_run)
+        old_primary = request.get("old_primary")
+        if old_primary is not None and type(old_primary) is not int:
+            raise TypeError("old_primary must be an integer")
+        event = HookEvent(Verb(verb), int(request["node"]), old_primary)
+        if event.verb is Verb.CLEAN:
+            return ExitCode.USAGE, {"error": "clean is not the guard's; run it locally"}
+        decision = decide(
+            event,
+            bool(self.config.addresses),
+            self.config.primary_node_id,
+            PgpoolState(self._primary_usable(), read_hold(self.config.state_dir) is not None),
+        )
+        fields: dict[str, object] = {"decision": decision.outcome.value, "reason": decision.reason}
+        if dry_run:
+            return ExitCode.OK, {**fields, "phase": self.state.phase.value, "result": "dry-run"}
+        changed: list[str] = []
+        if decision.outcome is Outcome.WITHDRAW:
+            self.event_withdrawn = True
+            changed = self.withdraw_now(f"{verb} {event.node}: {decision.reason}")
+        elif decision.outcome is Outcome.ANNOUNCE:
+            self.event_withdrawn = False
+            changed = self.evaluate(f"{verb} {event.node}")
+        fields.update(changed=",".join(changed) or "none", phase=self.state.phase.value)
+        left = hold_down_left(self.state, time.monotonic(), self.config.hold_down)
+        if left:
+            fields["hold_down_left"] = round(left, 1)
+        return ExitCode.OK, fields
+
+    def _drain(self, dry_run: bool) -> tuple[int, dict[str, object]]:
+        if dry_run:
+            return ExitCode.OK, {"decision": "withdraw", "result": "dry-run"}
+        self.event_withdrawn = True
+        changed = self.withdraw_now("drain", keep_serving=True)
+        serving = "kept" if self.config.serving_route else "stopped"
+        return ExitCode.OK, {"decision": "withdraw", "changed": ",".join(changed) or "none",
+                             "serving": serving}  # fmt: skip
+
+    # -- pgpool ------------------------------------------------------------------
+
+    def _primary_usable(self) -> bool:
+        path = self.config.status_file or self.settings.status_file
+        backends = max(self.settings.num_backends, self.config.primary_node_id + 1)
+        return read_status_file(path, backends).node_usable(self.config.primary_node_id)
+
+    def follow_pgpool(self) -> None:
+        """Find pgpool's main process when the guard holds no pidfd on one."""
+        if self.pidfd is not None:
+            return
+        uid = self._pgpool_uid()
+        pid = find_main_pid(self.settings.pid_file, uid)
+        fd = open_pidfd(pid, uid) if pid is not None else None
+        if fd is None:
+            return
+        self.pgpool_pid, self.pidfd = pid, fd
+        self.poller.register(fd, select.POLLIN)
+        self.event_withdrawn = False  # a new pgpool: its pgpool_status tells the rest
+        self.health = (
+            CheckState(Health.INIT)
+            if self.state.phase is Phase.ADOPTING
+            else (CheckState(Health.DOWN))
+        )
+        self.log(SEVERITY_INFO, event="pgpool-found", pgpool_pid=pid)
+
+    def pgpool_died(self) -> None:
+        assert self.pidfd is not None
+        self.poller.unregister(self.pidfd)
+        os.close(self.pidfd)
+        self.log(SEVERITY_WARNING, event="pgpool-exited", pgpool_pid=self.pgpool_pid)
+        self.pidfd = self.pgpool_pid = None
+        self._stop_probe()
+        self.health = CheckState(Health.DOWN)
+        self.evaluate("pgpool exited")
+
+    # -- the probe ---------------------------------------------------------------
+
+    def start_probe(self) -> None:
+        if self.probe is not None or self.pidfd is None:
+            return
+        self.probe = SslProbe(endpoints(self.settings), self.config.check_timeout)
+        self.poke_probe(time.monotonic())
+
+    def _stop_probe(self) -> None:
+        if self.probe is not None:
+            self._unregister_probe()
+            self.probe.close()
+            self.probe = None
+
+    def _unregister_probe(self) -> None:
+        assert self.probe is not None
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self.poller.unregister(self.probe.fileno())
+
+    def poke_probe(self, now: float) -> None:
+        """Let the probe take its next step (it never waits); count its result when done."""
+        if self.probe is None:
+            return
+        self._unregister_probe()  # its socket changes from one endpoint to the next
+        result = self.probe.advance(now)
+        if result is None:
+            if self.probe.fileno() >= 0:  # -1 only once the probe is over
+                self.poller.register(self.probe.fileno(), self.probe.events())
+            return
+        self.probe.close()
+        self.probe = None
+        before = self.health
+        self.health = next_state(
+            before, result.ok, False, self.config.check_rise, self.config.check_fall
+        )
+        if self.health.health is not before.health:
+            self.log(SEVERITY_INFO if result.ok else SEVERITY_WARNING, event="probe",
+                     probe="ok" if result.ok else "failed", detail=result.detail,
+                     latency_ms=round(result.latency * 1000, 1),
+                     health=f"{before.health.value}->{self.health.health.value}")  # fmt: skip
+            self.evaluate(f"probe {self.health.health.value}")
+
+    # -- deciding and acting -----------------------------------------------------
+
+    def facts(self) -> policy.Facts:
+        listening = self.health.health in (Health.UP, Health.FALLING, Health.INIT)
+        return policy.Facts(
+            addresses_configured=bool(self.config.addresses),
+            hold=read_hold(self.config.state_dir) is not None,
+            pgpool_alive=self.pidfd is not None,
+            pgpool_listening=listening,
+            primary_usable=self._primary_usable(),
+            primary_node_id=self.config.primary_node_id,
+            primary_going_away=self.event_withdrawn,
+        )
+
+    def evaluate(self, why: str) -> list[str]:
+        """One decision: policy.verdict, then guard_state.step, then the action."""
+        now = time.monotonic()
+        verdict = policy.verdict(self.facts())
+        probe_known = self.health.health is not Health.INIT
+        before = self.state
+        self.state, action = step(before, now, verdict.present, probe_known, self.config.hold_down)
+        changed: list[str] = []
+        try:
+            if action in (Action.ANNOUNCE, Action.RENEW):
+                changed = self.lease_addresses(announce=action is Action.ANNOUNCE)
+            elif action is Action.WITHDRAW:
+                changed = self.withdraw_addresses(self.config.addresses)
+        except HookError as error:
+            self.log(SEVERITY_WARNING, event=action.value, result=error.result, error=str(error))
+        if self.state.phase is not before.phase:
+            self.transition(f"{why}: {verdict.reason}", changed)
+        return changed
+
+    def withdraw_now(self, reason: str, keep_serving: bool = False) -> list[str]:
+        """An event's withdrawal: make the addresses absent whatever the phase says."""
+        changed = self.withdraw_addresses(self.config.addresses, keep_serving)
+        if self.state.phase is not Phase.WITHDRAWN:
+            self.state = GuardState(Phase.WITHDRAWN, time.monotonic(), None)
+            self.transition(reason, changed)
+        return changed
+
+    def lease_addresses(self, announce: bool) -> list[str]:
+        changed: list[str] = []
+        if announce and self.config.serving_route:
+            for address in self.config.addresses:
+                if guard_netlink.add_serving_route(
+                    self.ipr, self.index, self.config.interface, address
+                ):
+                    changed.append(f"+route:{address}")
+        for address in self.config.addresses:
+            guard_netlink.lease_address(
+                self.ipr, self.index, self.config.interface, address, self.config.lease
+            )
+            if announce:
+                changed.append(f"+{address}")
+        self.renewed_at = time.time()
+        return changed
+
+    def withdraw_addresses(self, addresses: Any, keep_serving: bool = False) -> list[str]:
+        changed: list[str] = []
+        wanted: list[Address] = list(addresses)
+        for address in wanted:
+            if guard_netlink.remove_address(self.ipr, self.index, self.config.interface, address):
+                changed.append(f"-{address}")
+        if self.config.serving_route and not keep_serving:
+            for address in wanted:
+                if guard_netlink.remove_serving_route(
+                    self.ipr, self.index, self.config.interface, address
+                ):
+                    changed.append(f"-route:{address}")
+        self.renewed_at = None
+        return changed
+
+    def transition(self, reason: str, changed: list[str] | None = None) -> None:
+        previous, now = self.last_transition["to"], self.state.phase.value
+        self.last_transition = {"at": time.time(), "to": now, "reason": reason}
+        self.log(SEVERITY_INFO, event="transition", transition=f"{previous}->{now}",
+                 reason=reason, changed=",".join(changed or []) or "none")  # fmt: skip
+
+    # -- the loop ----------------------------------------------------------------
+
+    def log(self, severity: int, **fields: object) -> None:
+        line = format_line({"action": "guard", **fields})
+        write_nonblocking(STDERR, f"pgpool-anycast-hook: {line}\n".encode(errors="replace"))
+        send_syslog(self.config.syslog_address, SYSLOG_FACILITIES[self.config.syslog_facility],
+                    severity, line)  # fmt: skip
+
+    def write_state(self) -> None:
+        from pgpool_anycast_hook.safe_files import replace_file
+
+        now = time.monotonic()
+        data = {
+            "mode": "guarded",
+            "pid": os.getpid(),
+            "pgpool_pid": self.pgpool_pid,
+            "phase": self.state.phase.value,
+            "health": self.health.health.value,
+            "streak": self.health.streak,
+            "lease": self.config.lease,
+            "renewed_at": self.renewed_at,
+            "hold_down_left": round(hold_down_left(self.state, now, self.config.hold_down), 1),
+            "last_transition": self.last_transition,
+        }
+        path = os.path.join(os.path.dirname(self.config.guard_socket), STATE_FILE)
+        with contextlib.suppress(OSError):  # status then says less; the guard goes on
+            replace_file(path, (json.dumps(data) + "\n").encode(), 0o644)
+
+    def on_signal(self, signum: int, _frame: object) -> None:
+        self.signals.append(signum)
+        with contextlib.suppress(OSError):  # full: a wake-up is pending anyway
+            os.write(self._wake_w, b"\0")
+
+    def run(self) -> int:
+        for handled in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(handled, self.on_signal)
+        self.follow_pgpool()
+        self.evaluate("start")
+        notify("READY=1")
+        self.log(SEVERITY_INFO, event="start", phase=self.state.phase.value)
+        while True:
+            now = time.monotonic()
+            wait = max(0.0, self.next_tick - now)
+            if self.probe is not None:
+                wait = min(wait, max(0.0, self.probe.deadline - now))
+            for fd, _events in self.poller.poll(wait * 1000):
+                if fd == self.pidfd:
+                    self.pgpool_died()
+                elif fd == self.server.fileno():
+                    self.accept()
+                elif fd in self.clients:
+                    self.serve(fd)
+                elif self.probe is not None and fd == self.probe.fileno():
+                    self.poke_probe(time.monotonic())
+                elif fd == self._wake_r:
+                    os.read(self._wake_r, 64)
+            while self.signals:
+                signum = self.signals.pop(0)
+                if signum == signal.SIGHUP:
+                    self.reload()
+                else:
+                    return self.stop()
+            now = time.monotonic()
+            if self.probe is not None and now >= self.probe.deadline:
+                self.poke_probe(now)
+            self.drop_late_clients(now)
+            if now >= self.next_tick:
+                self.next_tick = now + self.config.interval
+                self.follow_pgpool()
+                self.start_probe()
+                self.evaluate("tick")
+                self.write_state()
+                notify("WATCHDOG=1")
+
+    def stop(self) -> int:
+        """Keep the addresses while pgpool runs (the next guard adopts them), else withdraw."""
+        notify("STOPPING=1")
+        if self.pidfd is None and self.state.phase is not Phase.WITHDRAWN:
+            self.state = GuardState(Phase.WITHDRAWN, time.monotonic(), None)
+            self.transition(
+                "guard stops after pgpool", self.withdraw_addresses(self.config.addresses)
+            )
+        self.log(SEVERITY_INFO, event="stop", phase=self.state.phase.value)
+        return int(ExitCode.OK)
+
+
+def run_guard(config_path: str | None) -> int:
+    try:
+        return Guard(config_path).run()
+    except HookError as error:
+        write_nonblocking(STDERR, f"pgpool-anycast-hook: guard: {error}\n".encode())
+        return int(error.exit_code)

@@ -1,0 +1,96 @@
+"""The guard's state machine: when to announce, renew, withdraw or wait. Pure.
+
+Every tick the guard (guard.py) asks policy.verdict whether the addresses should
+be announced, from what it sees: pgpool's process (a pidfd), the probe's health
+(check_state.next_state: rise and fall counts), pgpool_status, the hold, and the
+last event pgpool sent. This module turns that verdict into an action:
+
+- Withdrawals are never delayed.
+- Flap damping: after a withdrawal, the addresses are announced again only after
+  `hold_down` seconds in which the verdict said "present" without a break. That
+  covers failback `add`, a pgpool start and the probe's rise alike, so a pgpool
+  in a restart loop cannot make the routers' ECMP set flap (every change of that
+  set also moves other balancers' flows).
+- While announced, every tick renews the addresses' lease (guard_netlink.py), so they
+  vanish by themselves if the guard stops renewing them.
+- Adoption: a guard that starts while the addresses are present, before its first
+  probe has answered, keeps them (renewing) instead of withdrawing: a guard
+  restart must not blink an address that should stay up. A verdict that is
+  "absent" for any other reason than the unanswered probe withdraws at once.
+
+States, as `status` shows them: ANNOUNCED, WITHDRAWN, HOLDING_DOWN (the verdict
+says present, the hold-down runs), ADOPTING (present, waiting for the first probe).
+"""
+
+from enum import StrEnum
+from typing import NamedTuple
+
+
+class Phase(StrEnum):
+    ANNOUNCED = "ANNOUNCED"
+    WITHDRAWN = "WITHDRAWN"
+    HOLDING_DOWN = "HOLDING_DOWN"
+    ADOPTING = "ADOPTING"
+
+
+class Action(StrEnum):
+    ANNOUNCE = "announce"  # add the addresses, with a fresh lease
+    RENEW = "renew"  # they are up: renew their lease
+    WITHDRAW = "withdraw"
+    WAIT = "wait"  # change nothing
+
+
+class GuardState(NamedTuple):
+    phase: Phase
+    withdrawn_at: float | None = None  # monotonic time of the last withdrawal, if any
+    wanted_since: float | None = None  # since when the verdict has said "present"
+
+
+class Step(NamedTuple):
+    state: GuardState
+    action: Action
+
+
+def initial(present: bool, withdrawn_at: float | None) -> GuardState:
+    """The state of a guard that starts: adopting what it finds on the interface.
+
+    `withdrawn_at` is the time of a withdrawal recorded by an earlier guard, if any
+    (so a restart does not skip a hold-down that was running).
+    """
+    if present:
+        return GuardState(Phase.ADOPTING, withdrawn_at)
+    return GuardState(Phase.WITHDRAWN, withdrawn_at)
+
+
+def step(state: GuardState, now: float, present: bool, probe_known: bool, hold_down: float) -> Step:
+    """One tick. `present`: policy.verdict's answer (taking an unanswered probe as up);
+    `probe_known`: the probe has answered or failed at least once since start."""
+    if not present:
+        if state.phase in (Phase.ANNOUNCED, Phase.ADOPTING):
+            return Step(GuardState(Phase.WITHDRAWN, now, None), Action.WITHDRAW)
+        return Step(GuardState(Phase.WITHDRAWN, state.withdrawn_at, None), Action.WAIT)
+    if state.phase is Phase.ANNOUNCED:
+        return Step(state, Action.RENEW)
+    if state.phase is Phase.ADOPTING:
+        if probe_known:
+            return Step(GuardState(Phase.ANNOUNCED, state.withdrawn_at, now), Action.RENEW)
+        return Step(state, Action.RENEW)
+    if not probe_known:
+        return Step(GuardState(Phase.WITHDRAWN, state.withdrawn_at, None), Action.WAIT)
+    wanted_since = state.wanted_since if state.wanted_since is not None else now
+    if state.withdrawn_at is None or now - wanted_since >= hold_down:
+        return Step(GuardState(Phase.ANNOUNCED, state.withdrawn_at, wanted_since), Action.ANNOUNCE)
+    return Step(GuardState(Phase.HOLDING_DOWN, state.withdrawn_at, wanted_since), Action.WAIT)
+
+
+def hold_down_left(state: GuardState, now: float, hold_down: float) -> float:
+    """Seconds until a HOLDING_DOWN guard announces (0 in any other phase)."""
+    if state.phase is not Phase.HOLDING_DOWN or state.wanted_since is None:
+        return 0.0
+    return max(0.0, hold_down - (now - state.wanted_since))
+
+
+def lease_left(lease: float, renewed_at: float, now: float) -> float:
+    """Seconds until an address renewed at `renewed_at` expires (never negative, never
+    more than the lease, also when the clock stepped back)."""
+    return min(lease, max(0.0, lease - (now - renewed_at)))

@@ -1,0 +1,103 @@
+"""guard_state.step: withdrawals never wait, announcements wait out the hold-down. Pure."""
+
+import itertools
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pgpool_anycast_hook.guard_state import (
+    Action,
+    GuardState,
+    Phase,
+    hold_down_left,
+    initial,
+    lease_left,
+    step,
+)
+
+HOLD_DOWN = 5.0
+ticks = st.lists(
+    st.tuples(st.floats(0.0, 3.0), st.booleans(), st.booleans()),  # (dt, present, probe_known)
+    max_size=60,
+)
+
+
+def test_every_phase_and_input_once() -> None:
+    phases = [GuardState(p, w, s) for p in Phase for w in (None, 0.0) for s in (None, 0.0)]
+    for state, present, known in itertools.product(phases, [True, False], [True, False]):
+        new, action = step(state, 10.0, present, known, HOLD_DOWN)
+        if not present:
+            assert new.phase is Phase.WITHDRAWN
+            withdrawing = state.phase in (Phase.ANNOUNCED, Phase.ADOPTING)
+            assert action is (Action.WITHDRAW if withdrawing else Action.WAIT)
+        elif state.phase in (Phase.ANNOUNCED, Phase.ADOPTING):
+            assert action is Action.RENEW  # what is up stays up, and keeps its lease
+        else:
+            assert action in (Action.ANNOUNCE, Action.WAIT)
+            assert action is not Action.ANNOUNCE or known
+
+
+@given(start_present=st.booleans(), inputs=ticks)
+def test_a_run_of_ticks_keeps_every_promise(start_present: bool, inputs: list) -> None:
+    state = initial(start_present, None)
+    up = start_present
+    now = 0.0
+    last_withdrawal: float | None = None
+    wanted_since: float | None = None
+    for dt, present, known in inputs:
+        now += dt
+        wanted_since = (wanted_since if wanted_since is not None else now) if present else None
+        state, action = step(state, now, present, known, HOLD_DOWN)
+        if not present:
+            assert action in (Action.WITHDRAW, Action.WAIT)
+            assert action is Action.WITHDRAW or not up  # never delayed
+        if action is Action.WITHDRAW:
+            up, last_withdrawal = False, now
+        elif action is Action.ANNOUNCE:
+            assert not up and present and known
+            if last_withdrawal is not None:  # damping: continuous health for hold_down
+                assert wanted_since is not None and now - wanted_since >= HOLD_DOWN
+            up = True
+        elif action is Action.RENEW:
+            assert up and present
+        assert (state.phase in (Phase.ANNOUNCED, Phase.ADOPTING)) is up
+        assert 0.0 <= hold_down_left(state, now, HOLD_DOWN) <= HOLD_DOWN
+
+
+def test_a_restart_loop_cannot_flap_faster_than_the_hold_down() -> None:
+    state = initial(False, None)
+    now, announcements = 0.0, []
+    for _ in range(200):  # pgpool up for 1 s, down for 1 s, again and again
+        for present in (True, False):
+            for _tick in range(2):
+                now += 0.5
+                state, action = step(state, now, present, True, HOLD_DOWN)
+                if action is Action.ANNOUNCE:
+                    announcements.append(now)
+    assert announcements == [0.5]  # the first, then never again: health never lasts 5 s
+
+
+def test_adopting_keeps_the_addresses_until_the_probe_answers() -> None:
+    state = initial(True, None)
+    for now in (0.5, 1.0, 1.5):
+        state, action = step(state, now, True, False, HOLD_DOWN)
+        assert (state.phase, action) == (Phase.ADOPTING, Action.RENEW)
+    state, action = step(state, 2.0, True, True, HOLD_DOWN)
+    assert (state.phase, action) == (Phase.ANNOUNCED, Action.RENEW)
+    assert step(initial(True, None), 0.5, False, False, HOLD_DOWN)[1] is Action.WITHDRAW
+
+
+@given(
+    lease=st.floats(2.0, 3600.0),
+    renewed=st.floats(0.0, 1e6),
+    elapsed=st.floats(-1e3, 1e4),
+)
+def test_the_lease_left_is_within_zero_and_the_lease(
+    lease: float, renewed: float, elapsed: float
+) -> None:
+    left = lease_left(lease, renewed, renewed + elapsed)
+    assert 0.0 <= left <= lease
+    if 0.0 <= elapsed <= lease:
+        assert abs(left - (lease - elapsed)) < 1e-6
+    if elapsed >= lease:
+        assert left == 0.0
