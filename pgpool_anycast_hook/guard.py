@@ -36,7 +36,7 @@ from pgpool_anycast_hook import guard_netlink, policy
 from pgpool_anycast_hook.check_state import CheckState, Health, next_state
 from pgpool_anycast_hook.config import SYSLOG_FACILITIES, Address, Config, load_config
 from pgpool_anycast_hook.decision import HookEvent, Outcome, PgpoolState, Verb, decide
-from pgpool_anycast_hook.errors import ExitCode, HookError
+from pgpool_anycast_hook.errors import ExitCode, HookError, file_errors
 from pgpool_anycast_hook.guard_state import Action, GuardState, Phase, hold_down_left, initial, step
 from pgpool_anycast_hook.hold import read_hold
 from pgpool_anycast_hook.pgpool_conf import PgpoolSettings, read_pgpool_conf
@@ -77,6 +77,7 @@ class Guard:
         self.index = guard_netlink.interface_index(self.ipr, self.config.interface)
         present = guard_netlink.present_addresses(self.ipr, self.index, self.config.addresses)
         self.state = initial(bool(present) and all(present.values()), None)
+        self.state = self._earlier_hold_down(self.state)
         self.health = CheckState()
         self.pgpool_pid: int | None = None
         self.pidfd: int | None = None
@@ -84,7 +85,8 @@ class Guard:
         self.event_withdrawn = False  # pgpool said `del` for the primary; until `add`
         self.last_transition = {"at": time.time(), "to": self.state.phase.value, "reason": "start"}
         self.renewed_at: float | None = None
-        self.clients: dict[int, tuple[socket.socket, float]] = {}
+        self.failing = ""  # the last netlink failure logged, to log each one once
+        self.clients: dict[int, tuple[socket.socket, float, bool, int]] = {}  # conn, until, ok, uid
         self.signals: list[int] = []  # signal numbers, handled in the loop
         self.server = self._listen()
         self.poller = select.poll()
@@ -92,6 +94,25 @@ class Guard:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.poller.register(self._wake_r, select.POLLIN)
         self.next_tick = time.monotonic()
+
+    def _state_path(self) -> str:
+        return os.path.join(os.path.dirname(self.config.guard_socket), STATE_FILE)
+
+    def _earlier_hold_down(self, state: GuardState) -> GuardState:
+        """Carry over a withdrawal an earlier guard recorded, so a restart skips no hold-down."""
+        from pgpool_anycast_hook.safe_files import read_regular
+
+        try:
+            data = json.loads(read_regular(self._state_path(), 65536))
+            withdrawn = data["withdrawn_at_wall"]
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
+            return state
+        if type(withdrawn) not in (int, float) or state.phase is not Phase.WITHDRAWN:
+            return state
+        ago = time.time() - withdrawn
+        if not 0 <= ago < self.config.hold_down + self.config.lease:
+            return state
+        return state._replace(withdrawn_at=time.monotonic() - ago)
 
     # -- configuration -------------------------------------------------------------
 
@@ -122,11 +143,14 @@ class Guard:
         except HookError as error:
             self.log(SEVERITY_WARNING, event="reload", result=error.result, error=str(error))
             return
-        removed = set(self.config.addresses) - set(config.addresses)
-        self.withdraw_addresses(removed)
+        removed = [a for a in self.config.addresses if a not in config.addresses]
+        added = [a for a in config.addresses if a not in self.config.addresses]
+        changed = self.withdraw_addresses(removed)
         self.config, self.settings = config, settings
-        self.log(SEVERITY_INFO, event="reload", result="ok")
-        self.evaluate("reload")
+        changed += self.evaluate("reload")
+        if self.state.phase in (Phase.ANNOUNCED, Phase.ADOPTING):
+            changed += [f"+{a}" for a in added if f"+{a}" not in changed]
+        self.log(SEVERITY_INFO, event="reload", result="ok", changed=",".join(changed) or "none")
 
     # -- the control socket ------------------------------------------------------------
 
@@ -140,7 +164,8 @@ class Guard:
             pass
         old = os.umask(0o111)  # rw for all; SO_PEERCRED decides who is heard
         try:
-            server.bind(path)
+            with file_errors(f"bind the guard's socket {path}"):
+                server.bind(path)
         finally:
             os.umask(old)
         server.listen(MAX_CLIENTS)
@@ -156,21 +181,31 @@ class Guard:
         _pid, uid, _gid = _UCRED.unpack(
             conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
         )
-        if uid not in self._client_uids() or len(self.clients) >= MAX_CLIENTS:
-            self._reply(conn, ExitCode.NOPERM, {"error": f"uid {uid} may not ask the guard"})
-            conn.close()
+        if len(self.clients) >= MAX_CLIENTS:
+            conn.close()  # the client sees a reset: unreachable for now, exit 76
             return
-        self.clients[conn.fileno()] = (conn, time.monotonic() + CLIENT_SECONDS)
+        allowed = uid in self._client_uids()
+        self.clients[conn.fileno()] = (conn, time.monotonic() + CLIENT_SECONDS, allowed, uid)
         self.poller.register(conn.fileno(), select.POLLIN)
 
     def serve(self, fd: int) -> None:
-        conn, _ = self.clients.pop(fd)
+        conn, _until, allowed, uid = self.clients.pop(fd)
         self.poller.unregister(fd)
+        code: int
+        fields: dict[str, object]
         try:
             request = json.loads(conn.recv(MAX_REQUEST))
-            code, fields = self.handle(request)
+            if allowed:
+                code, fields = self.handle(request)
+            else:  # answered after reading, so the client reads the refusal
+                code = ExitCode.NOPERM
+                fields = {
+                    "result": "permission-denied",
+                    "error": f"uid {uid} may not ask the guard",
+                }
         except (OSError, ValueError, TypeError, KeyError) as error:
-            code, fields = ExitCode.USAGE, {"error": f"bad request: {error}"}
+            code = ExitCode.USAGE
+            fields = {"result": "usage-error", "error": f"bad request: {error}"}
         self._reply(conn, code, fields)
         conn.close()
 
@@ -179,7 +214,7 @@ class Guard:
             conn.send(json.dumps({"exit": int(code), "fields": fields}).encode())
 
     def drop_late_clients(self, now: float) -> None:
-        for fd, (conn, until) in list(self.clients.items()):
+        for fd, (conn, until, _allowed, _uid) in list(self.clients.items()):
             if now > until:
                 self.poller.unregister(fd)
                 del self.clients[fd]
@@ -196,7 +231,10 @@ class Guard:
             raise TypeError("old_primary must be an integer")
         event = HookEvent(Verb(verb), int(request["node"]), old_primary)
         if event.verb is Verb.CLEAN:
-            return ExitCode.USAGE, {"error": "clean is not the guard's; run it locally"}
+            return ExitCode.USAGE, {
+                "result": "usage-error",
+                "error": "clean is the hook's, not the guard's",
+            }
         decision = decide(
             event,
             bool(self.config.addresses),
@@ -333,8 +371,14 @@ class Guard:
                 changed = self.lease_addresses(announce=action is Action.ANNOUNCE)
             elif action is Action.WITHDRAW:
                 changed = self.withdraw_addresses(self.config.addresses)
+            self.failing = ""
         except HookError as error:
-            self.log(SEVERITY_WARNING, event=action.value, result=error.result, error=str(error))
+            if action is not Action.WITHDRAW:  # not up: never claim what the kernel refused
+                self.state = GuardState(Phase.WITHDRAWN, before.withdrawn_at, before.wanted_since)
+            if str(error) != self.failing:  # once per distinct failure, not every tick
+                self.failing = str(error)
+                self.log(SEVERITY_WARNING, event=action.value, result=error.result,
+                         error=str(error))  # fmt: skip
         if self.state.phase is not before.phase:
             self.transition(f"{why}: {verdict.reason}", changed)
         return changed
@@ -408,8 +452,11 @@ class Guard:
             "renewed_at": self.renewed_at,
             "hold_down_left": round(hold_down_left(self.state, now, self.config.hold_down), 1),
             "last_transition": self.last_transition,
+            "withdrawn_at_wall": None
+            if self.state.withdrawn_at is None
+            else time.time() - (now - self.state.withdrawn_at),
         }
-        path = os.path.join(os.path.dirname(self.config.guard_socket), STATE_FILE)
+        path = self._state_path()
         with contextlib.suppress(OSError):  # status then says less; the guard goes on
             replace_file(path, (json.dumps(data) + "\n").encode(), 0o644)
 

@@ -6,11 +6,13 @@ pid file when the guard may read it (it is pgpool's user's, mode 0600), else fro
 /proc: the process named `pgpool` whose parent is not a pgpool, run by pgpool's
 user. The race: between learning a pid and opening its pidfd the process may
 exit and the pid be reused. So the pidfd is opened first and the process checked
-afterwards, through /proc, and then the pidfd is asked (a null signal) whether its
-process still lives: if it does, the /proc check saw that same process.
+afterwards, through /proc, and then the pidfd is asked (a null signal, and poll:
+a zombie answers the signal but its pidfd is readable) whether its process still
+lives: if it does, the /proc check saw that same process.
 """
 
 import os
+import select
 import signal
 
 from pgpool_anycast_hook.pgpool_process import read_pid_file
@@ -67,10 +69,17 @@ def open_pidfd(pid: int, uid: int | None) -> int | None:
         fd = os.pidfd_open(pid)
     except OSError:
         return None
-    if is_main_pgpool(pid, uid) and _alive(fd):
+    if is_main_pgpool(pid, uid) and _alive(fd) and not _exited(fd):
         return fd
     os.close(fd)
     return None
+
+
+def _exited(pidfd: int) -> bool:
+    """Readable already: the process has exited (a zombie answers a null signal)."""
+    ready = select.poll()
+    ready.register(pidfd, select.POLLIN)
+    return bool(ready.poll(0))
 
 
 def _alive(pidfd: int) -> bool:
