@@ -47,6 +47,7 @@ class Config(NamedTuple):
     deadline: float = 5.0
     drain_seconds: float = 2.0
     drain_timeout: float = 10.0
+    drain_idle: float = 5.0  # drain: a client quiet this long no longer holds it (0: off)
     check_timeout: float = 2.0
     check_query: bool = False
     check_rise: int = 2
@@ -238,6 +239,7 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "deadline": _seconds(0.1, 60.0),
     "drain_seconds": _seconds(0.0, 300.0),
     "drain_timeout": _seconds(0.0, 3600.0),
+    "drain_idle": _seconds(0.0, 3600.0),
     "check_timeout": _seconds(0.1, 60.0),
     "check_query": _flag,
     "check_rise": _count,

@@ -4,8 +4,9 @@
    the serving routes stay, so packets that still arrive while the routers
    converge, and the connections already open, are served.
 2. Wait drain_seconds for the routers to converge.
-3. Wait, at most drain_timeout, until no client connection to pgpool's port is
-   ESTABLISHED (psutil, this network namespace; as root or as pgpool's user).
+3. Wait, at most drain_timeout, until no live client connection to pgpool's port
+   is ESTABLISHED (sock_diag, this network namespace; any user may ask). One
+   that has been quiet for drain_idle seconds does not count.
 4. Return; systemd then stops pgpool, and ExecStopPost's `del` removes the
    serving routes.
 
@@ -19,6 +20,7 @@ address: in-flight sessions stall and the drain only shortens the window in whic
 new connections arrive at a pgpool that is going away.
 """
 
+import socket
 import time
 
 from pgpool_anycast_hook import announcement
@@ -31,27 +33,51 @@ from pgpool_anycast_hook.run_log import RunLog
 POLL_SECONDS = 0.2
 
 
-def client_connections(port: int) -> int:
-    """Established TCP connections whose local port is pgpool's (clients of pgpool)."""
-    import psutil
-
-    return sum(
-        1
-        for c in psutil.net_connections(kind="tcp")
-        if c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == port
-    )
+TCP_ESTABLISHED = 1
+INET_DIAG_INFO = 2
 
 
-def wait_for_clients(port: int, timeout: float) -> int:
-    """Poll until no client connection remains, at most `timeout` s; return how many remain."""
+def client_connections(port: int, idle_after: float) -> tuple[int, int]:
+    """(live, idle) established TCP connections to pgpool's port, from sock_diag.
+
+    A connection is idle when neither side has sent data for `idle_after` seconds
+    (tcp_info's last_data_recv and last_data_sent; 0 = never idle). After a
+    withdrawal, the router's rehash leaves pgpool children holding connections
+    whose clients are gone; those go quiet and no longer hold the drain. A client
+    waiting on a query longer than `idle_after` looks idle too.
+    """
+    from pyroute2 import DiagSocket
+
+    live = idle = 0
+    with DiagSocket() as diag:
+        diag.bind()
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for message in diag.get_sock_stats(
+                family=family, states=1 << TCP_ESTABLISHED, extensions=1 << (INET_DIAG_INFO - 1)
+            ):
+                if message["idiag_sport"] != port:
+                    continue
+                info = message.get_attr("INET_DIAG_INFO")
+                quiet_ms = (
+                    min(info["tcpi_last_data_recv"], info["tcpi_last_data_sent"]) if info else 0
+                )
+                if idle_after and quiet_ms >= idle_after * 1000:
+                    idle += 1
+                else:
+                    live += 1
+    return live, idle
+
+
+def wait_for_clients(port: int, timeout: float, idle_after: float) -> tuple[int, int]:
+    """Poll until no live client connection remains, at most `timeout` s; (live, idle) left."""
     give_up = time.monotonic() + timeout
-    remaining = client_connections(port)
+    left = client_connections(port, idle_after)
     for _ in range(int(timeout / POLL_SECONDS) + 2):
-        if remaining == 0 or time.monotonic() >= give_up:
+        if left[0] == 0 or time.monotonic() >= give_up:
             break
         time.sleep(min(POLL_SECONDS, max(0.0, give_up - time.monotonic())))
-        remaining = client_connections(port)
-    return remaining
+        left = client_connections(port, idle_after)
+    return left
 
 
 def extra_seconds(config: Config) -> float:
@@ -90,12 +116,13 @@ def drain(config: Config, node: int | None, dry_run: bool, log: RunLog) -> int:
         return 0
     if dry_run:
         log.set(result="dry-run", would_wait=f"{config.drain_seconds:g}+{config.drain_timeout:g}s",
-                clients=client_connections(port))  # fmt: skip
+                clients=sum(client_connections(port, config.drain_idle)))  # fmt: skip
         return 0
     time.sleep(config.drain_seconds)
     started = time.monotonic()
-    remaining = wait_for_clients(port, config.drain_timeout)
-    log.set(waited_ms=round((time.monotonic() - started) * 1000), clients_left=remaining)
+    remaining, idle = wait_for_clients(port, config.drain_timeout, config.drain_idle)
+    log.set(waited_ms=round((time.monotonic() - started) * 1000), clients_left=remaining,
+            idle_left=idle)  # fmt: skip
     if remaining:
         log.set(result="drain-timeout")
         return int(ExitCode.TEMPFAIL)

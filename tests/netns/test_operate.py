@@ -164,6 +164,46 @@ def test_drain_waits_for_clients_then_returns(netns: str, hook: HookSetup) -> No
     assert "clients_left=0" in done.stderr and 0.5 < elapsed < 8
 
 
+def test_drain_lets_quiet_connections_go_and_waits_for_live_ones(
+    netns: str, hook: HookSetup
+) -> None:
+    """drain_idle: a connection quiet either way stops holding the drain; a live one holds."""
+    pid_file = hook.root / "pgpool.pid"
+    (hook.root / "pgpool.conf").write_text(f"port = 9999\npid_file_name = '{pid_file}'\n")
+    hook.write(addresses=[ANYCAST], pgpool_conf=str(hook.root / "pgpool.conf"),
+               drain_seconds=0.0, drain_timeout=3.0, drain_idle=0.5, deadline=5)  # fmt: skip
+    # pgpool's stand-in holds one connection; with "chatty" its client sends every 0.1 s.
+    script = (
+        "import ctypes, os, socket, sys, time\n"
+        "ctypes.CDLL(None).prctl(15, b'pgpool', 0, 0, 0)\n"
+        f"open({str(pid_file)!r}, 'w').write(f'{{os.getpid()}}\\0')\n"
+        "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+        "s.bind(('127.0.0.1', 9999)); s.listen()\n"
+        "c = socket.create_connection(('127.0.0.1', 9999)); a, _ = s.accept()\n"
+        "print('ready', flush=True)\n"
+        "for _ in range(300):\n"
+        "    time.sleep(0.1)\n"
+        "    if sys.argv[1] == 'chatty': c.send(b'x'); a.recv(1)\n"
+    )
+    for kind, code, bound in (("quiet", 0, (0.3, 2.5)), ("chatty", 75, (2.9, 6.0))):
+        holder = subprocess.Popen(["ip", "netns", "exec", netns, "python3", "-c", script, kind],
+                                  stdout=subprocess.PIPE, text=True)  # fmt: skip
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+            started = time.monotonic()
+            done = hook.run(netns, "drain", "0")
+            elapsed = time.monotonic() - started
+        finally:
+            holder.kill()
+            holder.wait(timeout=10)
+        assert done.returncode == code, (kind, done.stderr)
+        assert bound[0] <= elapsed < bound[1], (kind, elapsed)
+        if kind == "quiet":
+            assert "clients_left=0" in done.stderr and "idle_left=1" in done.stderr
+        else:
+            assert "clients_left=1" in done.stderr and "result=drain-timeout" in done.stderr
+
+
 def test_drain_after_a_crash_withdraws_and_returns_at_once(netns: str, hook: HookSetup) -> None:
     """systemd runs ExecStop after kill -9 too: drain is then the first to withdraw."""
     pid_file = hook.root / "pgpool.pid"
