@@ -294,10 +294,9 @@ def boot(host: Host, root: Path) -> Balancer:
         nspawn=state.ProcessRecord(host.netns, nspawn_pid, state.start_ticks(nspawn_pid) or 0),
         pid1=box.pid1,
     )
-    current = state.load()
-    current.containers = [c for c in current.containers if c.name != record.name]
-    current.containers.append(record)
-    state.save(current)
+    with state.updating() as current:
+        current.containers = [c for c in current.containers if c.name != record.name]
+        current.containers.append(record)
     return Balancer(host, box)
 
 

@@ -6,10 +6,14 @@ unrelated process after ours exited is never signalled.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import signal
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -60,11 +64,30 @@ def load() -> LabState:
 
 
 def save(state: LabState) -> None:
-    """Write atomically: a crash mid-write must not lose the PIDs `down` needs."""
+    """Write atomically, under a unique temporary name: a crash mid-write must not lose
+    the PIDs `down` needs, and parallel writers must not rename each other's file."""
     LAB_DIR.mkdir(parents=True, exist_ok=True)
-    partial = STATE_FILE.with_suffix(".partial")
-    partial.write_text(json.dumps(asdict(state), indent=1))
-    partial.replace(STATE_FILE)
+    fd, partial = tempfile.mkstemp(prefix=".state.", suffix=".partial", dir=LAB_DIR)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(json.dumps(asdict(state), indent=1))
+        os.replace(partial, STATE_FILE)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
+
+
+@contextlib.contextmanager
+def updating() -> Iterator[LabState]:
+    """Load, let the caller change, save: one writer at a time (balancers boot in parallel,
+    and a lost update would leak a container that `down` then never stops)."""
+    LAB_DIR.mkdir(parents=True, exist_ok=True)
+    with open(LAB_DIR / "state.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        state = load()
+        yield state
+        save(state)
 
 
 def start_ticks(pid: int) -> int | None:
@@ -84,16 +107,14 @@ def record_process(name: str, pid: int) -> None:
     ticks = start_ticks(pid)
     if ticks is None:
         raise RuntimeError(f"{name} (pid {pid}) exited right after start")
-    state = load()
-    state.processes = [p for p in state.processes if p.name != name]
-    state.processes.append(ProcessRecord(name, pid, ticks))
-    save(state)
+    with updating() as state:
+        state.processes = [p for p in state.processes if p.name != name]
+        state.processes.append(ProcessRecord(name, pid, ticks))
 
 
 def forget_process(name: str) -> None:
-    state = load()
-    state.processes = [p for p in state.processes if p.name != name]
-    save(state)
+    with updating() as state:
+        state.processes = [p for p in state.processes if p.name != name]
 
 
 def is_alive(record: ProcessRecord) -> bool:

@@ -68,9 +68,8 @@ class Lab:
         """Switch every balancer to `wiring` (stop, reconfigure, start), then converge."""
         run_parallel([partial(b.rewire, wiring) for b in self.balancers.values()])
         self.wiring = wiring
-        current = state.load()
-        current.wiring = wiring.value
-        state.save(current)
+        with state.updating() as current:
+            current.wiring = wiring.value
         frr.wait_next_hops(self.all_next_hops(), CONVERGE_TIMEOUT)
 
 
@@ -123,9 +122,8 @@ def up(wiring: Wiring = Wiring.HOOK) -> Lab:
     lab = Lab([booted[b.name] for b in BALANCERS], wiring)
     say("waiting for the router to learn the anycast route from all three")
     frr.wait_next_hops(lab.all_next_hops(), CONVERGE_TIMEOUT)
-    current = state.load()
-    current.ready = True
-    state.save(current)
+    with state.updating() as current:
+        current.ready = True
     say(f"lab up in {time.monotonic() - started:.1f}s")
     return lab
 
