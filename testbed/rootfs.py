@@ -44,6 +44,7 @@ PACKAGES = (
     "python3-click",
     "python3-pyroute2",
     "python3-psutil",
+    "python3-systemd",
     "frr",
     "iputils-ping",
 )
