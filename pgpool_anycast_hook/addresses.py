@@ -11,6 +11,7 @@ interface holds with any prefix length. The messages are pyroute2's
 import errno
 import ipaddress
 import socket
+from typing import Any
 
 from pgpool_anycast_hook.errors import HookError
 from pgpool_anycast_hook.netlink_socket import (
@@ -82,14 +83,30 @@ class AddressTable:
 
     def _change(self, kind: int, address: Address) -> int:
         """RTM_NEWADDR or RTM_DELADDR for exactly this address; the errno (0: done)."""
-        ip = str(address.ip)
-        v4 = address.version == 4
-        message = self._ifaddrmsg()
-        message["family"] = socket.AF_INET if v4 else socket.AF_INET6
-        message["prefixlen"] = address.network.prefixlen
-        message["flags"] = 0 if v4 else IFA_F_NODAD
-        message["scope"] = RT_SCOPE_HOST if address.ip.is_loopback else RT_SCOPE_UNIVERSE
-        message["index"] = self._index
-        message["attrs"] = [("IFA_LOCAL", ip), ("IFA_ADDRESS", ip)] if v4 else [("IFA_ADDRESS", ip)]
+        message = address_message(self._ifaddrmsg, self._index, address)
         flags = NLM_F_REQUEST | (NLM_F_CREATE | NLM_F_EXCL if kind == RTM_NEWADDR else 0)
         return self._route.request(message, kind, flags)
+
+
+def address_message(
+    ifaddrmsg: Any, index: int, address: Address, lease: float | None = None
+) -> Any:
+    """The ifaddrmsg for exactly this address on interface `index` (the hook's and the
+    guard's); with `lease`, valid_lft = preferred_lft = lease seconds."""
+    ip = str(address.ip)
+    v4 = address.version == 4
+    message = ifaddrmsg()
+    message["family"] = socket.AF_INET if v4 else socket.AF_INET6
+    message["prefixlen"] = address.network.prefixlen
+    message["flags"] = 0 if v4 else IFA_F_NODAD
+    message["scope"] = RT_SCOPE_HOST if address.ip.is_loopback else RT_SCOPE_UNIVERSE
+    message["index"] = index
+    attrs: list[tuple[str, Any]] = (
+        [("IFA_LOCAL", ip), ("IFA_ADDRESS", ip)] if v4 else [("IFA_ADDRESS", ip)]
+    )
+    if lease is not None:
+        seconds = max(1, int(lease))
+        info = {"ifa_preferred": seconds, "ifa_valid": seconds, "cstamp": 0, "tstamp": 0}
+        attrs.append(("IFA_CACHEINFO", info))
+    message["attrs"] = attrs
+    return message

@@ -6,24 +6,21 @@ a lease: valid_lft = preferred_lft = `lease` seconds, set on every renewal with
 RTM_NEWADDR and NLM_F_REPLACE, so if the guard stops renewing (killed, stopped,
 wedged, its host's systemd stuck) the kernel removes them and the routing daemon
 withdraws the route. The messages are built as ifaddrmsg/rtmsg with explicit
-attributes, because IPRoute.addr() of pyroute2 0.7 drops the lifetimes.
+attributes, because IPRoute.addr() of pyroute2 0.7 drops the lifetimes; they are
+the same messages the hook sends (addresses.address_message,
+serving_routes.serving_route_message).
 
 Netlink errors become HookErrors in one place: netlink_socket.netlink_error.
 """
 
 import errno
-import socket
 from collections.abc import Iterable
 from typing import Any
 
+from pgpool_anycast_hook.addresses import address_message
 from pgpool_anycast_hook.config import Address
-from pgpool_anycast_hook.errors import HookError
 from pgpool_anycast_hook.netlink_socket import netlink_error
-
-IFA_F_NODAD = 0x02
-RT_SCOPE_UNIVERSE, RT_SCOPE_HOST = 0, 254
-RT_TABLE_LOCAL, RTN_LOCAL = 255, 2
-SERVING_PROTOCOL = 177  # the same routes as serving_routes.py
+from pgpool_anycast_hook.serving_routes import serving_route_message
 
 
 def open_route() -> Any:
@@ -56,22 +53,7 @@ def _request(ipr: Any, message: Any, kind: int, flags: int) -> int:
 def _address_message(index: int, address: Address, lease: float | None) -> Any:
     from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 
-    ip = str(address.ip)
-    message = ifaddrmsg()
-    message["family"] = socket.AF_INET if address.version == 4 else socket.AF_INET6
-    message["prefixlen"] = address.network.prefixlen
-    message["flags"] = 0 if address.version == 4 else IFA_F_NODAD
-    message["scope"] = RT_SCOPE_UNIVERSE
-    message["index"] = index
-    attrs: list[tuple[str, Any]] = [("IFA_ADDRESS", ip)]
-    if address.version == 4:
-        attrs.insert(0, ("IFA_LOCAL", ip))
-    if lease is not None:
-        seconds = max(1, int(lease))
-        info = {"ifa_preferred": seconds, "ifa_valid": seconds, "cstamp": 0, "tstamp": 0}
-        attrs.append(("IFA_CACHEINFO", info))
-    message["attrs"] = attrs
-    return message
+    return address_message(ifaddrmsg, index, address, lease)
 
 
 def lease_address(ipr: Any, index: int, interface: str, address: Address, lease: float) -> None:
@@ -112,19 +94,7 @@ def present_addresses(ipr: Any, index: int, wanted: Iterable[Address]) -> dict[A
 def _serving_route(index: int, address: Address) -> Any:
     from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
-    message = rtmsg()
-    message["family"] = socket.AF_INET if address.version == 4 else socket.AF_INET6
-    message["dst_len"] = address.network.prefixlen
-    message["table"] = RT_TABLE_LOCAL
-    message["proto"] = SERVING_PROTOCOL
-    message["scope"] = RT_SCOPE_HOST
-    message["type"] = RTN_LOCAL
-    message["attrs"] = [
-        ("RTA_DST", str(address.ip)),
-        ("RTA_OIF", index),
-        ("RTA_TABLE", RT_TABLE_LOCAL),
-    ]
-    return message
+    return serving_route_message(rtmsg, index, address)
 
 
 def add_serving_route(ipr: Any, index: int, interface: str, address: Address) -> bool:
@@ -150,8 +120,3 @@ def remove_serving_route(ipr: Any, index: int, interface: str, address: Address)
     if code:
         raise netlink_error(code, f"remove the serving route of {address}", interface)
     return True
-
-
-def failed(error: Exception) -> HookError:
-    """Any other failure of the netlink socket, as one line."""
-    return HookError(f"netlink: {type(error).__name__}: {error}")

@@ -20,6 +20,7 @@ The messages are pyroute2's `rtmsg`, sent through netlink_socket.py.
 import errno
 import ipaddress
 import socket
+from typing import Any
 
 from pgpool_anycast_hook.addresses import Address
 from pgpool_anycast_hook.errors import HookError
@@ -79,17 +80,23 @@ class ServingRoutes:
 
     def _change(self, kind: int, address: Address) -> int:
         """RTM_NEWROUTE (appended) or RTM_DELROUTE for exactly this route; the errno."""
-        message = self._rtmsg()
-        message["family"] = socket.AF_INET if address.version == 4 else socket.AF_INET6
-        message["dst_len"] = address.network.prefixlen
-        message["table"] = RT_TABLE_LOCAL
-        message["proto"] = SERVING_PROTOCOL
-        message["scope"] = RT_SCOPE_HOST
-        message["type"] = RTN_LOCAL
-        message["attrs"] = [
-            ("RTA_DST", str(address.ip)),
-            ("RTA_OIF", self._index),
-            ("RTA_TABLE", RT_TABLE_LOCAL),
-        ]
+        message = serving_route_message(self._rtmsg, self._index, address)
         flags = NLM_F_REQUEST | (NLM_F_CREATE | NLM_F_APPEND if kind == RTM_NEWROUTE else 0)
         return self._route.request(message, kind, flags)
+
+
+def serving_route_message(rtmsg: Any, index: int, address: Address) -> Any:
+    """The rtmsg for exactly our serving route of `address` (the hook's and the guard's)."""
+    message = rtmsg()
+    message["family"] = socket.AF_INET if address.version == 4 else socket.AF_INET6
+    message["dst_len"] = address.network.prefixlen
+    message["table"] = RT_TABLE_LOCAL
+    message["proto"] = SERVING_PROTOCOL
+    message["scope"] = RT_SCOPE_HOST
+    message["type"] = RTN_LOCAL
+    message["attrs"] = [
+        ("RTA_DST", str(address.ip)),
+        ("RTA_OIF", index),
+        ("RTA_TABLE", RT_TABLE_LOCAL),
+    ]
+    return message
