@@ -39,9 +39,7 @@ from tests.systemd.test_pgpool_drop_in import (
     CAP_NET_ADMIN,
     DROP_IN_DIR,
     PGPOOL_PORT,
-    WATCHER,
     PgpoolUnit,
-    pgpool_conf,
 )
 
 pytestmark = pytest.mark.systemd
@@ -82,30 +80,14 @@ print(json.dumps(result), flush=True)
 class GuardedUnit(PgpoolUnit):
     """pgpool2.service with the guarded drop-in, and the guard unit it pulls in."""
 
+    drop_in = GUARDED_SOURCE
+    hook_settings = 'mode = "guarded"\n'
+
     def prepare(self, two_backends: bool = False) -> None:
-        """As PgpoolUnit.prepare, but `mode = "guarded"` and the guarded drop-in."""
-        run = self.box.run
-        run(["systemctl", "stop", "pgpool2"])
-        version = run(["ls", "/etc/postgresql"]).stdout.split()[0]
-        self.box.write_file(
-            f"/etc/postgresql/{version}/main/pg_hba.conf",
-            "local all all trust\nhost all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\n",
-        )
-        run(["systemctl", "start", "postgresql"], timeout=60)
-        self.wait_for_postgresql()
-        self.box.write_file(
-            "/etc/pgpool-anycast-hook/conf.d/50-test.toml",
-            f'addresses = ["{ANYCAST}"]\nmode = "guarded"\n',
-        )
-        self.box.write_file("/etc/pgpool2/pgpool.conf", pgpool_conf(two_backends), mode=0o640)
-        run(["chown", "root:postgres", "/etc/pgpool2/pgpool.conf"])
-        run(["pgpool-anycast-hook", "check-config"])
-        run(["mkdir", "-p", DROP_IN_DIR])
-        run(["ln", "-s", GUARDED_SOURCE, f"{DROP_IN_DIR}/"])
-        run(["systemctl", "daemon-reload"])
-        self.box.write_file("/root/watch_anycast.py", WATCHER)
+        """As PgpoolUnit.prepare, with `mode = "guarded"` and the guarded drop-in."""
+        super().prepare(two_backends)
+        self.box.run(["pgpool-anycast-hook", "check-config"])
         self.box.write_file("/root/watch_presence.py", PRESENCE_WATCHER)
-        self.postgres_uid = int(run(["id", "-u", "postgres"]).stdout)
 
     # -- the guard unit ----------------------------------------------------------
 

@@ -145,6 +145,9 @@ class PgpoolUnit:
         self.suite = suite
         self.postgres_uid = -1  # known after prepare()
 
+    drop_in = DROP_IN_SOURCE  # the wiring: the file linked into pgpool2.service.d
+    hook_settings = ""  # more lines for the hook's test configuration
+
     # -- setup -------------------------------------------------------------------
 
     def prepare(self, two_backends: bool = False) -> None:
@@ -159,14 +162,15 @@ class PgpoolUnit:
         run(["systemctl", "start", "postgresql"], timeout=60)
         self.wait_for_postgresql()
         self.box.write_file(
-            "/etc/pgpool-anycast-hook/conf.d/50-test.toml", f'addresses = ["{ANYCAST}"]\n'
+            "/etc/pgpool-anycast-hook/conf.d/50-test.toml",
+            f'addresses = ["{ANYCAST}"]\n' + self.hook_settings,
         )
         self.write_pgpool_conf(two_backends)
         digest = hashlib.md5(PCP_PASSWORD.encode()).hexdigest()
         run(["sh", "-c", f"echo 'postgres:{digest}' >> /etc/pgpool2/pcp.conf"])
         self.box.write_file("/root/.pcppass", f"*:*:postgres:{PCP_PASSWORD}\n", mode=0o600)
         run(["mkdir", "-p", DROP_IN_DIR])
-        run(["ln", "-s", DROP_IN_SOURCE, f"{DROP_IN_DIR}/"])
+        run(["ln", "-s", self.drop_in, f"{DROP_IN_DIR}/"])
         run(["systemctl", "daemon-reload"])
         self.box.write_file("/root/watch_anycast.py", WATCHER)
         self.postgres_uid = int(run(["id", "-u", "postgres"]).stdout)
