@@ -37,7 +37,15 @@ from pgpool_anycast_hook.check_state import CheckState, Health, next_state
 from pgpool_anycast_hook.config import SYSLOG_FACILITIES, Address, Config, load_config
 from pgpool_anycast_hook.decision import HookEvent, Outcome, PgpoolState, Verb, decide
 from pgpool_anycast_hook.errors import ExitCode, HookError, file_errors
-from pgpool_anycast_hook.guard_state import Action, GuardState, Phase, hold_down_left, initial, step
+from pgpool_anycast_hook.guard_state import (
+    Action,
+    GuardState,
+    Phase,
+    hold_down_left,
+    initial,
+    step,
+    withdrawn,
+)
 from pgpool_anycast_hook.hold import read_hold
 from pgpool_anycast_hook.pgpool_conf import PgpoolSettings, read_pgpool_conf
 from pgpool_anycast_hook.pgpool_pidfd import find_main_pid, open_pidfd
@@ -261,7 +269,8 @@ class Guard:
         if dry_run:
             return ExitCode.OK, {"decision": "withdraw", "result": "dry-run"}
         self.event_withdrawn = True
-        changed = self.withdraw_now("drain", keep_serving=True)
+        changed = self.withdraw_now("drain (planned: no hold-down)", keep_serving=True,
+                                    planned=True)  # fmt: skip
         serving = "kept" if self.config.serving_route else "stopped"
         return ExitCode.OK, {"decision": "withdraw", "changed": ",".join(changed) or "none",
                              "serving": serving}  # fmt: skip
@@ -383,11 +392,14 @@ class Guard:
             self.transition(f"{why}: {verdict.reason}", changed)
         return changed
 
-    def withdraw_now(self, reason: str, keep_serving: bool = False) -> list[str]:
+    def withdraw_now(
+        self, reason: str, keep_serving: bool = False, planned: bool = False
+    ) -> list[str]:
         """An event's withdrawal: make the addresses absent whatever the phase says."""
         changed = self.withdraw_addresses(self.config.addresses, keep_serving)
-        if self.state.phase is not Phase.WITHDRAWN:
-            self.state = GuardState(Phase.WITHDRAWN, time.monotonic(), None)
+        before = self.state.phase
+        self.state = withdrawn(self.state, time.monotonic(), planned)
+        if before is not Phase.WITHDRAWN:
             self.transition(reason, changed)
         return changed
 

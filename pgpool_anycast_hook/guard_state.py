@@ -10,7 +10,9 @@ last event pgpool sent. This module turns that verdict into an action:
   `hold_down` seconds in which the verdict said "present" without a break. That
   covers failback `add`, a pgpool start and the probe's rise alike, so a pgpool
   in a restart loop cannot make the routers' ECMP set flap (every change of that
-  set also moves other balancers' flows).
+  set also moves other balancers' flows). A planned withdrawal (`drain`, the
+  ExecStop= of a `systemctl stop` or `restart`) is not a failure and owes no
+  hold-down of its own (`withdrawn`): the node is back as soon as it answers.
 - While announced, every tick renews the addresses' lease (guard_netlink.py), so they
   vanish by themselves if the guard stops renewing them.
 - Adoption: a guard that starts while the addresses are present, before its first
@@ -81,6 +83,21 @@ def step(state: GuardState, now: float, present: bool, probe_known: bool, hold_d
     if state.withdrawn_at is None or now - wanted_since >= hold_down:
         return Step(GuardState(Phase.ANNOUNCED, state.withdrawn_at, wanted_since), Action.ANNOUNCE)
     return Step(GuardState(Phase.HOLDING_DOWN, state.withdrawn_at, wanted_since), Action.WAIT)
+
+
+def withdrawn(state: GuardState, now: float, planned: bool) -> GuardState:
+    """The state after an event withdrew the addresses (del, drain), whatever the phase.
+
+    Already withdrawn, nothing new came down (ExecStopPost's `del` after a drain or a
+    crash). Otherwise a failure starts a hold-down now; a planned withdrawal starts
+    none, but keeps one that an earlier failure started and that is not served yet.
+    """
+    if state.phase is Phase.WITHDRAWN:
+        return state._replace(wanted_since=None)
+    if not planned:
+        return GuardState(Phase.WITHDRAWN, now, None)
+    served = state.phase in (Phase.ANNOUNCED, Phase.ADOPTING)
+    return GuardState(Phase.WITHDRAWN, None if served else state.withdrawn_at, None)
 
 
 def hold_down_left(state: GuardState, now: float, hold_down: float) -> float:

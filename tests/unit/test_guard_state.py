@@ -13,6 +13,7 @@ from pgpool_anycast_hook.guard_state import (
     initial,
     lease_left,
     step,
+    withdrawn,
 )
 
 HOLD_DOWN = 5.0
@@ -101,3 +102,41 @@ def test_the_lease_left_is_within_zero_and_the_lease(
         assert abs(left - (lease - elapsed)) < 1e-6
     if elapsed >= lease:
         assert left == 0.0
+
+
+@given(
+    phase=st.sampled_from(list(Phase)),
+    withdrawn_at=st.none() | st.floats(0.0, 9.0),
+    wanted_since=st.none() | st.floats(0.0, 9.0),
+    planned=st.booleans(),
+)
+def test_an_event_withdrawal_owes_a_hold_down_only_after_a_failure(
+    phase: Phase, withdrawn_at: float | None, wanted_since: float | None, planned: bool
+) -> None:
+    before = GuardState(phase, withdrawn_at, wanted_since)
+    after = withdrawn(before, 10.0, planned)
+    assert after.phase is Phase.WITHDRAWN
+    if phase is Phase.WITHDRAWN:
+        assert after == before._replace(
+            wanted_since=None
+        )  # ExecStopPost's del after a drain or a crash: nothing new
+    elif not planned:
+        assert after.withdrawn_at == 10.0 and after.wanted_since is None
+    elif phase is Phase.HOLDING_DOWN:
+        assert after.withdrawn_at == withdrawn_at  # a failure's hold-down is still owed
+    else:
+        assert after.withdrawn_at is None
+    # What the next healthy, probed tick does: announce at once unless a hold-down is owed.
+    _, action = step(after, 10.5, True, True, HOLD_DOWN)
+    owed = after.withdrawn_at is not None
+    assert action is (Action.WAIT if owed else Action.ANNOUNCE)
+
+
+def test_drain_then_stop_then_start_announces_without_a_hold_down() -> None:
+    state = GuardState(Phase.ANNOUNCED, None, 0.0)
+    state = withdrawn(state, 10.0, planned=True)  # ExecStop= drain
+    state, action = step(state, 10.2, False, True, HOLD_DOWN)  # pgpool exits
+    assert action is Action.WAIT
+    state = withdrawn(state, 10.3, planned=False)  # ExecStopPost= del
+    state, action = step(state, 12.0, True, True, HOLD_DOWN)  # the new pgpool answers
+    assert action is Action.ANNOUNCE
