@@ -1,8 +1,10 @@
 """The three balancers: systemd-nspawn containers (real systemd) joined to lab namespaces,
 each running FRR (ospfd), Debian's pgpool2 and the anycast hook installed from the .deb.
 
-`Wiring` decides which program pgpool and the unit call: the packaged hook (the product)
-or bench/reference/manage-reference.sh wired the way the article wires manage.sh.
+`Wiring` decides which program pgpool and the unit call: the packaged hook in its guarded
+wiring (pgpool without capabilities, pgpool-anycast-hook-guard.service owning the address;
+the lab's default), the packaged hook in its standalone wiring, or
+bench/reference/manage-reference.sh wired the way the article wires manage.sh.
 """
 
 from __future__ import annotations
@@ -35,6 +37,12 @@ TEMPLATES = Path(__file__).with_name("templates")
 REFERENCE_SCRIPT = REPO / "bench/reference/manage-reference.sh"
 DROP_IN_DIR = "/etc/systemd/system/pgpool2.service.d"
 HOOK_DROP_IN = "/usr/share/pgpool-anycast-hook/pgpool2.service.d/pgpool-anycast-hook.conf"
+GUARDED_DROP_IN = (
+    "/usr/share/pgpool-anycast-hook/pgpool2.service.d/pgpool-anycast-hook-guarded.conf"
+)
+GUARD_UNIT = "pgpool-anycast-hook-guard.service"
+# mode = "guarded", and the lab's guard settings (see lab/README.md).
+GUARDED_TOML = "/etc/pgpool-anycast-hook/conf.d/40-lab-guarded.toml"
 HOOK = "/usr/bin/pgpool-anycast-hook"
 MANAGE_SH = "/etc/pgpool2/manage.sh"
 STATUS_FILE = "/var/log/postgresql/pgpool_status"
@@ -43,11 +51,13 @@ STOP_TIMEOUT = 30.0
 
 
 class Wiring(enum.Enum):
-    HOOK = "hook"
+    GUARD = "guard"  # the guarded wiring: pgpool2.service has no capability
+    HOOK = "hook"  # the standalone wiring: CAP_NET_ADMIN on pgpool2.service
     REFERENCE = "manage.sh"
 
     def commands(self) -> dict[str, str]:
-        if self is Wiring.HOOK:
+        """pgpool.conf's lines: the article's, unchanged, for both of the hook's wirings."""
+        if self in (Wiring.GUARD, Wiring.HOOK):
             return {
                 "failover_command": f"{HOOK} del %d %P",
                 "failback_command": f"{HOOK} add %d",
@@ -117,17 +127,23 @@ class Balancer:
         """Stop pgpool, switch drop-in and pgpool.conf commands to `wiring`, start again."""
         box = self.box
         self.stop_pgpool()
-        box.run(["rm", "-rf", DROP_IN_DIR])
+        box.run(["systemctl", "stop", GUARD_UNIT], timeout=60)
+        box.run(["rm", "-rf", DROP_IN_DIR, GUARDED_TOML])
         box.run(["mkdir", "-p", DROP_IN_DIR])
         box.copy_in(TEMPLATES / "pgpool2-lab.conf", DROP_IN_DIR + "/00-lab.conf", 0o644)
-        if wiring is Wiring.HOOK:
+        if wiring is Wiring.GUARD:
+            box.copy_in(TEMPLATES / "lab-guarded.toml", GUARDED_TOML, 0o644)
+            box.run(["ln", "-s", GUARDED_DROP_IN, DROP_IN_DIR + "/"])
+        elif wiring is Wiring.HOOK:
             box.run(["ln", "-s", HOOK_DROP_IN, DROP_IN_DIR + "/"])
         else:
             box.copy_in(TEMPLATES / "manage-reference.conf", DROP_IN_DIR + "/manage.conf", 0o644)
         box.write_file("/etc/pgpool2/pgpool.conf", pgpool_conf(wiring), 0o640)
         box.run(["chown", "root:postgres", "/etc/pgpool2/pgpool.conf"])
         box.run(["systemctl", "daemon-reload"])
-        # Both ways remove the address when pgpool stops; make sure nothing is left.
+        if wiring is Wiring.GUARD:
+            box.run([HOOK, "check-config"])  # root refreshes the configuration cache
+        # Every wiring removes the address when pgpool stops; make sure nothing is left.
         box.run(["ip", "addr", "del", ANYCAST_PREFIX, "dev", "lo"], check=False)
         if start:
             self.start_pgpool()
@@ -156,16 +172,35 @@ class Balancer:
         The signal is sent from here to the host's view of the PID, so the returned
         instant is the kill itself, not the start of a command inside the container.
         """
+        return self.signal_pgpool(signal.SIGKILL)
+
+    def unit_state(self, unit: str = "pgpool2") -> str:
+        return self.run(["systemctl", "is-active", unit], check=False).stdout.strip()
+
+    def guard_main_pid(self) -> int:
+        """MainPID of the guard's unit inside the container (0 if not running)."""
+        out = self.run(["systemctl", "show", "-p", "MainPID", "--value", GUARD_UNIT]).stdout
+        return int(out.strip() or 0)
+
+    def signal_guard(self, signum: int) -> float:
+        """Send `signum` to the guard from the host; returns time.monotonic() of the send."""
+        inside = self.guard_main_pid()
+        if inside <= 0:
+            raise RuntimeError(f"{self.name}: {GUARD_UNIT} is not running")
+        host_pid = host_pid_of(self.box.pid1, inside)
+        sent_at = time.monotonic()
+        os.kill(host_pid, signum)
+        return sent_at
+
+    def signal_pgpool(self, signum: int) -> float:
+        """Send `signum` to pgpool's main process from the host; returns when it was sent."""
         inside = self.pgpool_main_pid()
         if inside <= 0:
             raise RuntimeError(f"{self.name}: pgpool2 is not running")
         host_pid = host_pid_of(self.box.pid1, inside)
-        killed_at = time.monotonic()
-        os.kill(host_pid, signal.SIGKILL)
-        return killed_at
-
-    def unit_state(self) -> str:
-        return self.run(["systemctl", "is-active", "pgpool2"], check=False).stdout.strip()
+        sent_at = time.monotonic()
+        os.kill(host_pid, signum)
+        return sent_at
 
     def pcp(self, tool: str, node_id: int, check: bool = True) -> str:
         """Run a pcp_* tool for one backend over pgpool's PCP socket (password from .pcppass)."""
@@ -223,7 +258,8 @@ class Balancer:
 
     def unit_log(self, after: str = "") -> list[str]:
         """pgpool2.service's journal lines (pgpool, systemd, the hook), after a cursor."""
-        cmd = ["journalctl", "--no-pager", "-q", "-o", "short-precise", "-u", "pgpool2"]
+        cmd = ["journalctl", "--no-pager", "-q", "-o", "short-precise", "-u", "pgpool2",
+               "-u", GUARD_UNIT]  # fmt: skip
         if after:
             cmd.append(f"--after-cursor={after}")
         return self.run(cmd, check=False).stdout.splitlines()

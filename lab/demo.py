@@ -7,6 +7,7 @@ import time
 from collections import Counter
 
 from lab import frr, netns, postgres
+from lab.balancers import Wiring
 from lab.hosts import ANYCAST, BALANCERS, CLIENT, PGPOOL_PORT, backend_by_ip, balancer_by_ip
 from lab.measure import RouteWatch
 from lab.topology import Lab
@@ -83,7 +84,12 @@ def run(lab: Lab) -> None:
         "after the kill"
     )
     show(f"pgpool2.service is now: {victim.unit_state()}")
-    show("systemd ran the drop-in's ExecStopPost; what the unit logged:")
+    if lab.wiring is Wiring.GUARD:
+        show("The guard held a pidfd on pgpool's main process and withdrew the moment it")
+        show("became readable; systemd's ExecStopPost `del` came after, as a second line.")
+        show("What the guard and the unit logged:")
+    else:
+        show("systemd ran the drop-in's ExecStopPost; what the unit logged:")
     show("\n".join(victim.hook_lines(cursor)))
     show(f"$ ip route show {ANYCAST}/32")
     show(frr.route_text())
@@ -94,7 +100,11 @@ def run(lab: Lab) -> None:
     step(f"Recovery: systemctl start pgpool2 on {victim.name}")
     show("(Debian's unit and the drop-in have no Restart=; an operator, or a Restart=on-failure")
     show(" drop-in of your own, starts it again. ExecStartPost waits until pgpool accepts")
-    show(" connections, then announces the address.)")
+    if lab.wiring is Wiring.GUARD:
+        show(" connections and tells the guard; the guard announces once its own probe has")
+        show(" answered check_rise times and hold_down seconds have passed since the crash.)")
+    else:
+        show(" connections, then announces the address.)")
     cursor = victim.journal_cursor()
     with RouteWatch(duration=120) as watch:
         started_at = time.monotonic()

@@ -43,7 +43,7 @@ class ContainerRecord:
 class LabState:
     processes: list[ProcessRecord] = field(default_factory=list)
     containers: list[ContainerRecord] = field(default_factory=list)
-    wiring: str = "hook"
+    wiring: str = "guard"
     ready: bool = False
 
 
@@ -58,7 +58,7 @@ def load() -> LabState:
             ContainerRecord(c["name"], ProcessRecord(**c["nspawn"]), c["pid1"])
             for c in raw.get("containers", [])
         ],
-        wiring=str(raw.get("wiring", "hook")),
+        wiring=str(raw.get("wiring", "guard")),
         ready=bool(raw.get("ready", False)),
     )
 

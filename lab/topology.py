@@ -82,7 +82,7 @@ def is_healthy(bal: Balancer) -> bool:
     return bal.answers()
 
 
-def up(wiring: Wiring = Wiring.HOOK) -> Lab:
+def up(wiring: Wiring = Wiring.GUARD) -> Lab:
     """Build the lab, or reuse the running one if every part is still alive."""
     started = time.monotonic()
     reused = attach_running()

@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # lab/ and testbed/ live at the top of the checkout
 
 from lab import topology  # noqa: E402
+from lab.balancers import Wiring  # noqa: E402
 from lab.topology import Lab  # noqa: E402
 
 HOST_TOOLS = (
@@ -63,12 +64,25 @@ def lab_session() -> Iterator[Lab]:
             topology.down()
 
 
-@pytest.fixture
-def lab(lab_session: Lab) -> Lab:
-    """The session's lab, back in its starting state: everything up, three next hops."""
+def nominal(lab_session: Lab, wiring: Wiring) -> Lab:
+    if lab_session.wiring is not wiring:
+        lab_session.rewire(wiring)
     if not lab_session.is_nominal():
         lab_session.restore()
     return lab_session
+
+
+@pytest.fixture
+def lab(lab_session: Lab) -> Lab:
+    """The session's lab in the guarded wiring (the lab's default), back in its starting
+    state: everything up, three next hops."""
+    return nominal(lab_session, Wiring.GUARD)
+
+
+@pytest.fixture
+def standalone_lab(lab_session: Lab) -> Lab:
+    """The same, in the standalone wiring (CAP_NET_ADMIN on pgpool2.service)."""
+    return nominal(lab_session, Wiring.HOOK)
 
 
 Report = Callable[[str, object], None]

@@ -25,9 +25,9 @@ DRAIN_SECONDS, DRAIN_TIMEOUT = 1.0, 2.0
 
 
 @pytest.fixture
-def victim(lab: Lab) -> Iterator[Balancer]:
-    """bal1, put back to the lab's own stop order whatever the test did."""
-    bal = lab.balancers["bal1"]
+def victim(standalone_lab: Lab) -> Iterator[Balancer]:
+    """bal1 (standalone wiring), put back to the lab's own stop order whatever the test did."""
+    bal = standalone_lab.balancers["bal1"]
     try:
         yield bal
     finally:
@@ -47,8 +47,9 @@ def restart_under_load(bal: Balancer, order: StopOrder) -> PlannedStop:
 
 
 def test_drain_fails_no_more_connections_than_stopping_first(
-    lab: Lab, victim: Balancer, report: Report
+    standalone_lab: Lab, victim: Balancer, report: Report
 ) -> None:
+    lab = standalone_lab
     stop_first = restart_under_load(victim, StopOrder.STOP_THEN_WITHDRAW)
     assert lab.is_nominal()
     drain = restart_under_load(victim, StopOrder.DRAIN)
