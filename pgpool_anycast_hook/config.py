@@ -65,6 +65,11 @@ class Config(NamedTuple):
     def lock_path(self) -> str:
         return self.lock_file or os.path.join(self.state_dir, "lock")
 
+    @property
+    def guard_state_path(self) -> str:
+        """guard.json, beside the guard's socket: what the guard says for `status`."""
+        return os.path.join(os.path.dirname(self.guard_socket), "guard.json")
+
 
 MAX_STRING = 4096  # PATH_MAX
 MAX_ADDRESSES = 64

@@ -60,14 +60,12 @@ def report(config: Config, seen: Observation, check: CheckState | None) -> dict[
 
 def guard_report(config: Config) -> dict[str, Any] | None:
     """What the guard last wrote into guard.json beside its socket, with the lease left."""
-    import os
     import time
 
-    from pgpool_anycast_hook.guard import STATE_FILE
     from pgpool_anycast_hook.guard_state import lease_left
     from pgpool_anycast_hook.safe_files import read_regular
 
-    path = os.path.join(os.path.dirname(config.guard_socket), STATE_FILE)
+    path = config.guard_state_path
     try:
         data = json.loads(read_regular(path, 65536))
     except (OSError, ValueError, RecursionError):
