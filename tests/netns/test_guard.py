@@ -26,7 +26,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,6 +35,7 @@ from typing import NamedTuple
 import pytest
 
 from tests.netns.conftest import HOOK, require_root
+from tests.netns.stand_ins import ANSWERING_PGPOOL
 
 pytestmark = pytest.mark.netns
 
@@ -51,37 +51,6 @@ CACHE_ENV = "PGPOOL_ANYCAST_HOOK_CACHE_DIR"
 POLL = 0.02  # seconds between two looks at the kernel
 START_BOUND = 10.0  # a guard (python + pyroute2) or a fake pgpool is up within this
 PYTHON = "/usr/bin/python3"  # the fake pgpool's interpreter, runnable by postgres
-
-# The stand-in for pgpool. Single-threaded: PR_SET_NAME names the main thread, which
-# is what /proc/<pid>/stat shows. It removes a socket left by a killed predecessor.
-FAKE_PGPOOL = textwrap.dedent(
-    """
-    import ctypes, os, socket, sys
-    ctypes.CDLL(None).prctl(15, b"pgpool", 0, 0, 0)
-    pid_file, unix_path = sys.argv[1], sys.argv[2]
-    try:
-        os.unlink(unix_path)
-    except FileNotFoundError:
-        pass
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(unix_path)
-    server.listen(64)
-    with open(pid_file + ".tmp", "w") as f:
-        f.write(f"{os.getpid()}\\n")
-    os.rename(pid_file + ".tmp", pid_file)
-    print("ready", flush=True)
-    while True:
-        conn, _ = server.accept()
-        conn.settimeout(2)
-        try:
-            if len(conn.recv(8)) == 8:
-                conn.sendall(b"N")
-        except OSError:
-            pass
-        conn.close()
-    """
-)
-
 
 # -- the kernel ------------------------------------------------------------------------
 
@@ -372,7 +341,7 @@ class Bed:
     def start_pgpool(self) -> subprocess.Popen[str]:
         """A fake pgpool of postgres, listening and answering, its pid file written."""
         process = subprocess.Popen(
-            ["ip", "netns", "exec", self.netns, *AS_POSTGRES, PYTHON, "-c", FAKE_PGPOOL,
+            ["ip", "netns", "exec", self.netns, *AS_POSTGRES, PYTHON, "-c", ANSWERING_PGPOOL,
              str(self.pid_file), str(self.unix_socket)],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True, start_new_session=True,
         )  # fmt: skip

@@ -35,6 +35,7 @@ from typing import NamedTuple
 import pytest
 
 from tests.netns.conftest import HOOK, HookSetup, addresses_in
+from tests.netns.stand_ins import ANSWERING_PGPOOL
 
 pytestmark = pytest.mark.netns
 
@@ -406,33 +407,6 @@ STUCK_PGPOOL = textwrap.dedent(
     with open(pid_file, "w") as f:
         f.write(f"{os.getpid()}\\0")
     print("ready" if ok else "not-as-planned", flush=True)
-    time.sleep(seconds)
-    """
-)
-
-# The same stand-in, but answering every SSLRequest with "N" on its unix socket only.
-ANSWERING_PGPOOL = textwrap.dedent(
-    """
-    import ctypes, os, socket, sys, threading, time
-    ctypes.CDLL(None).prctl(15, b"pgpool", 0, 0, 0)
-    pid_file, unix_path, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
-    unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    unix.bind(unix_path)
-    unix.listen(16)
-    def serve():
-        while True:
-            conn, _ = unix.accept()
-            conn.settimeout(2)
-            try:
-                if len(conn.recv(8)) == 8:
-                    conn.sendall(b"N")
-            except OSError:
-                pass
-            conn.close()
-    threading.Thread(target=serve, daemon=True).start()
-    with open(pid_file, "w") as f:
-        f.write(f"{os.getpid()}\\0")
-    print("ready", flush=True)
     time.sleep(seconds)
     """
 )
