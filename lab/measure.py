@@ -239,3 +239,61 @@ def planned_stop_under_load(
     if errors:
         raise errors[0]
     return PlannedStop(result, started_at, withdrawn_at, hops, back_at, finished_at, seen)
+
+
+# -- an address deleted directly (bench/failover: the router's own convergence) -----
+
+# Runs inside a balancer's namespace with Debian's interpreter (it has pyroute2).
+# argv: ADDRESS PREFIXLEN INTERFACE SYNC_SECONDS. With SYNC_SECONDS > 0 it first waits
+# (bounded) for the address's IFA_CACHEINFO tstamp to change, i.e. for a renewal by the
+# guard, so that the guard's next renewal (which re-adds the address) is a whole
+# interval away. Prints {"t": CLOCK_MONOTONIC just before the RTM_DELADDR was sent,
+# "synced": whether a renewal was seen}.
+_DELETE_ADDRESS = """
+import json, socket, sys, time
+from pyroute2 import IPRoute
+address, prefixlen, interface, sync = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+with IPRoute() as ipr:
+    index = ipr.link_lookup(ifname=interface)[0]
+    def tstamp():
+        for a in ipr.get_addr(index=index, family=socket.AF_INET):
+            if a.get_attr("IFA_ADDRESS") == address and a["prefixlen"] == prefixlen:
+                return a.get_attr("IFA_CACHEINFO")["tstamp"]
+        sys.exit(f"{address}/{prefixlen} is not on {interface}")
+    first, synced, deadline = tstamp(), False, time.monotonic() + sync
+    while sync > 0 and time.monotonic() < deadline:
+        time.sleep(0.001)
+        if tstamp() != first:
+            synced = True
+            break
+    sent = time.monotonic()
+    ipr.addr("del", index=index, address=address, prefixlen=prefixlen)
+    print(json.dumps({"t": sent, "synced": synced}), flush=True)
+"""
+
+
+@dataclass
+class AddressDeleted:
+    deleted_at: float  # time.monotonic() just before the kernel was asked to delete it
+    synced: bool  # the deletion followed a renewal of the address (see delete_address)
+
+
+def delete_address(
+    netns_name: str, prefix: str, interface: str = "lo", sync_seconds: float = 0.0
+) -> AddressDeleted:
+    """Delete `prefix` (e.g. "198.18.2.0/32") from `interface` in a lab namespace over
+    netlink, stamped in that namespace; bounded. With `sync_seconds`, first wait up to
+    that long for the address to be renewed (the guard renews its lease every interval)."""
+    address, _, prefixlen = prefix.partition("/")
+    proc = netns.ns_run(
+        netns_name,
+        [SYSTEM_PYTHON, "-c", _DELETE_ADDRESS, address, prefixlen, interface, str(sync_seconds)],
+        timeout=sync_seconds + 30,
+    )
+    raw = json.loads(proc.stdout)
+    return AddressDeleted(float(raw["t"]), bool(raw["synced"]))
+
+
+def add_address(netns_name: str, prefix: str, interface: str = "lo") -> None:
+    """Put `prefix` back on `interface` in a lab namespace (no lease: permanent)."""
+    netns.ns_run(netns_name, ["ip", "addr", "add", prefix, "dev", interface])
