@@ -112,8 +112,12 @@ class Guard:
 
         try:
             data = json.loads(read_regular(self._state_path(), 65536))
-            withdrawn = data["withdrawn_at_wall"]
-        except (OSError, ValueError, KeyError, TypeError, RecursionError):
+            # An earlier guard that still announced: its lease ran out since (or the
+            # addresses were removed); its withdrawn_at_wall is an older, served one.
+            withdrawn = _lease_ran_out_at(data)
+            if withdrawn is None:
+                withdrawn = data["withdrawn_at_wall"]
+        except (OSError, ValueError, KeyError, TypeError, RecursionError, AttributeError):
             return state
         if type(withdrawn) not in (int, float) or state.phase is not Phase.WITHDRAWN:
             return state
@@ -405,7 +409,7 @@ class Guard:
 
     def lease_addresses(self, announce: bool) -> list[str]:
         changed: list[str] = []
-        if announce and self.config.serving_route:
+        if self.config.serving_route:  # every renewal: also after a reload turned it on
             for address in self.config.addresses:
                 if guard_netlink.add_serving_route(
                     self.ipr, self.index, self.config.interface, address
@@ -528,6 +532,22 @@ class Guard:
             )
         self.log(SEVERITY_INFO, event="stop", phase=self.state.phase.value)
         return int(ExitCode.OK)
+
+
+def _lease_ran_out_at(data: dict[str, Any]) -> float | None:
+    """When the kernel removed the addresses of an earlier guard that still announced them.
+
+    That guard hung or was stopped, its lease ran out: a withdrawal like any other,
+    which owes a hold-down. Wall time; never later than now (removed by hand earlier).
+    """
+    renewed, lease = data.get("renewed_at"), data.get("lease")
+    if data.get("phase") not in (Phase.ANNOUNCED, Phase.ADOPTING):
+        return None
+    if not (isinstance(renewed, int | float) and isinstance(lease, int | float)):
+        return None
+    if isinstance(renewed, bool) or isinstance(lease, bool):
+        return None
+    return min(time.time(), float(renewed) + float(lease))
 
 
 def run_guard(config_path: str | None) -> int:
