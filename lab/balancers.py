@@ -202,6 +202,25 @@ class Balancer:
         os.kill(host_pid, signum)
         return sent_at
 
+    def pgpool_host_pids(self) -> list[int]:
+        """Host PIDs of every pgpool process of this container: main and children.
+
+        Found through the host's /proc: the container's PID namespace and the name
+        "pgpool" (pgpool's children keep it; their titles are in cmdline only).
+        """
+        return processes_named(self.box.pid1, "pgpool")
+
+    def signal_all_pgpool(self, signum: int) -> float:
+        """Send `signum` to every pgpool process of the container; returns when it was sent."""
+        pids = self.pgpool_host_pids()
+        if not pids:
+            raise RuntimeError(f"{self.name}: no pgpool process")
+        sent_at = time.monotonic()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):  # a child that just exited
+                os.kill(pid, signum)
+        return sent_at
+
     def pcp(self, tool: str, node_id: int, check: bool = True) -> str:
         """Run a pcp_* tool for one backend over pgpool's PCP socket (password from .pcppass)."""
         command = [tool, "-h", "/var/run/postgresql", "-p", "9898", "-U", PCP_USER, "-w"]
@@ -297,6 +316,21 @@ def host_pid_of(pid1: int, inside: int) -> int:
         except (OSError, StopIteration, ValueError):
             continue
     raise RuntimeError(f"no host PID for PID {inside} of container PID 1 {pid1}")
+
+
+def processes_named(pid1: int, comm: str) -> list[int]:
+    """Host PIDs of the processes called `comm` in the PID namespace of container `pid1`."""
+    pid_ns = os.readlink(f"/proc/{pid1}/ns/pid")
+    found: list[int] = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if (entry / "comm").read_text().strip() != comm:
+                continue
+            if os.readlink(entry / "ns/pid") == pid_ns:
+                found.append(int(entry.name))
+        except (OSError, ValueError):
+            continue
+    return sorted(found)
 
 
 def md5_hex(text: str) -> str:
@@ -520,3 +554,52 @@ def drain_facts(victim: Balancer) -> DrainFacts:
         zebra_text=zebra_route_text(victim),
         unit_state=victim.unit_state(),
     )
+
+
+# -- the guard's settings in a test (guarded wiring) --------------------------------
+# A test overrides lease, interval, serving_route, ... with one conf.d file of its own,
+# which sorts after the lab's; clear_guard_settings() removes it. The guard re-reads its
+# configuration on `systemctl reload` (SIGHUP); root refreshes the cache first.
+
+GUARD_TEST_TOML = "/etc/pgpool-anycast-hook/conf.d/70-lab-test.toml"
+GUARD_STATE_FILE = "/run/pgpool-anycast-hook/guard.json"
+
+
+def guard_status(bal: Balancer) -> dict[str, object]:
+    """The guard's guard.json (what `status` shows), or {} while there is none."""
+    out = bal.run(["cat", GUARD_STATE_FILE], check=False).stdout
+    try:
+        data = json.loads(out)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def set_guard_settings(bal: Balancer, toml: str, lease: float) -> None:
+    """Write the test's conf.d file, reload the guard, wait until it runs with `lease`."""
+    bal.box.write_file(GUARD_TEST_TOML, toml)
+    reload_guard(bal, lease)
+
+
+def clear_guard_settings(bal: Balancer, lease: float) -> None:
+    """Remove the test's conf.d file; the running guard (if any) goes back to `lease`."""
+    bal.run(["rm", "-f", GUARD_TEST_TOML])
+    if bal.unit_state(GUARD_UNIT) == "active":
+        reload_guard(bal, lease)
+    else:
+        bal.run([HOOK, "check-config"])
+
+
+def reload_guard(bal: Balancer, lease: float, timeout: float = 10.0) -> None:
+    """Reload the guard; wait for its `event=reload` line and guard.json's `lease`."""
+    bal.run([HOOK, "check-config"])  # root refreshes the configuration cache
+    cursor = bal.journal_cursor()
+    bal.run(["systemctl", "reload", GUARD_UNIT])
+    deadline = time.monotonic() + timeout
+    while not (
+        any("event=reload" in line for line in bal.unit_log(cursor))
+        and guard_status(bal).get("lease") == lease
+    ):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{bal.name}: the guard did not reload with lease = {lease:g}")
+        time.sleep(0.2)

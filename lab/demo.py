@@ -7,7 +7,7 @@ import time
 from collections import Counter
 
 from lab import frr, netns, postgres
-from lab.balancers import Wiring
+from lab.balancers import Balancer, Wiring
 from lab.hosts import ANYCAST, BALANCERS, CLIENT, PGPOOL_PORT, backend_by_ip, balancer_by_ip
 from lab.measure import RouteWatch
 from lab.topology import Lab
@@ -61,6 +61,16 @@ def spread(count: int) -> Counter[str]:
     return per_balancer
 
 
+def settled_state(bal: Balancer, timeout: float = 30.0) -> str:
+    """pgpool2.service's state once its stop sequence (ExecStopPost) is over, bounded."""
+    deadline = time.monotonic() + timeout
+    state = bal.unit_state()
+    while state in ("active", "deactivating") and time.monotonic() < deadline:
+        time.sleep(0.1)
+        state = bal.unit_state()
+    return state
+
+
 def run(lab: Lab) -> None:
     victim = lab.balancers["bal1"]
     step("The router's route to the anycast address: one next hop per balancer (ECMP)")
@@ -83,11 +93,11 @@ def run(lab: Lab) -> None:
         f"the router dropped {victim.host.ospf_ip} {1000 * (dropped_at - killed_at):.0f} ms "
         "after the kill"
     )
-    show(f"pgpool2.service is now: {victim.unit_state()}")
+    show(f"pgpool2.service is now: {settled_state(victim)}")
     if lab.wiring is Wiring.GUARD:
         show("The guard held a pidfd on pgpool's main process and withdrew the moment it")
-        show("became readable; systemd's ExecStopPost `del` came after, as a second line.")
-        show("What the guard and the unit logged:")
+        show("became readable; systemd's ExecStopPost `del` came after and found nothing")
+        show("left to withdraw. What the guard and the unit logged:")
     else:
         show("systemd ran the drop-in's ExecStopPost; what the unit logged:")
     show("\n".join(victim.hook_lines(cursor)))
@@ -101,8 +111,9 @@ def run(lab: Lab) -> None:
     show("(Debian's unit and the drop-in have no Restart=; an operator, or a Restart=on-failure")
     show(" drop-in of your own, starts it again. ExecStartPost waits until pgpool accepts")
     if lab.wiring is Wiring.GUARD:
-        show(" connections and tells the guard; the guard announces once its own probe has")
-        show(" answered check_rise times and hold_down seconds have passed since the crash.)")
+        show(" connections and tells the guard. After a crash the guard owes a hold-down: it")
+        show(" announces once its own probe has answered check_rise (2) times in a row and")
+        show(" pgpool then stayed healthy for hold_down (5 s) without a break.)")
     else:
         show(" connections, then announces the address.)")
     cursor = victim.journal_cursor()
