@@ -8,8 +8,11 @@ itself, watches:
 - a pidfd on pgpool's main process (pgpool_pidfd.py): readable the moment pgpool
   dies, and the addresses go at once, before systemd starts its stop sequence;
 - the control socket: requests from root and pgpool's user only (SO_PEERCRED);
-- the probe of pgpool (pgpool_probe.SslProbe, non-blocking), every `interval`,
-  with check_rise/check_fall counts (check_state.py);
+- probes of pgpool (pgpool_probe.SslProbe, non-blocking): a new one every
+  `interval`, beside those still waiting for an answer, with check_rise/check_fall
+  counts (check_state.py). So a hung pgpool fails one probe per interval once the
+  first has waited check_timeout: it is withdrawn within check_timeout +
+  (check_fall - 1) x interval, not check_fall x check_timeout;
 - signals: SIGHUP re-reads the configuration, SIGTERM and SIGINT end the guard.
 
 Every tick asks policy.verdict, and guard_state.step turns the answer into an
@@ -43,6 +46,7 @@ from pgpool_anycast_hook.guard_state import (
     Phase,
     hold_down_left,
     initial,
+    owed_withdrawal,
     step,
     withdrawn,
 )
@@ -64,7 +68,6 @@ from pgpool_anycast_hook.run_log import (
 MAX_REQUEST = 4096
 MAX_CLIENTS = 32
 CLIENT_SECONDS = 1.0
-STATE_FILE = "guard.json"
 _UCRED = struct.Struct("3i")
 
 
@@ -89,7 +92,7 @@ class Guard:
         self.health = CheckState()
         self.pgpool_pid: int | None = None
         self.pidfd: int | None = None
-        self.probe: SslProbe | None = None
+        self.probes: dict[int, SslProbe] = {}  # in flight, by the descriptor polled for each
         self.event_withdrawn = False  # pgpool said `del` for the primary; until `add`
         self.last_transition = {"at": time.time(), "to": self.state.phase.value, "reason": "start"}
         self.renewed_at: float | None = None
@@ -103,28 +106,18 @@ class Guard:
         self.poller.register(self._wake_r, select.POLLIN)
         self.next_tick = time.monotonic()
 
-    def _state_path(self) -> str:
-        return os.path.join(os.path.dirname(self.config.guard_socket), STATE_FILE)
-
     def _earlier_hold_down(self, state: GuardState) -> GuardState:
         """Carry over a withdrawal an earlier guard recorded, so a restart skips no hold-down."""
         from pgpool_anycast_hook.safe_files import read_regular
 
+        if state.phase is not Phase.WITHDRAWN:
+            return state
         try:
-            data = json.loads(read_regular(self._state_path(), 65536))
-            # An earlier guard that still announced: its lease ran out since (or the
-            # addresses were removed); its withdrawn_at_wall is an older, served one.
-            withdrawn = _lease_ran_out_at(data)
-            if withdrawn is None:
-                withdrawn = data["withdrawn_at_wall"]
-        except (OSError, ValueError, KeyError, TypeError, RecursionError, AttributeError):
+            record = json.loads(read_regular(self.config.guard_state_path, 65536))
+        except (OSError, ValueError, RecursionError):
             return state
-        if type(withdrawn) not in (int, float) or state.phase is not Phase.WITHDRAWN:
-            return state
-        ago = time.time() - withdrawn
-        if not 0 <= ago < self.config.hold_down + self.config.lease:
-            return state
-        return state._replace(withdrawn_at=time.monotonic() - ago)
+        ago = owed_withdrawal(record, time.time(), self.config.hold_down, self.config.lease)
+        return state if ago is None else state._replace(withdrawn_at=time.monotonic() - ago)
 
     # -- configuration -------------------------------------------------------------
 
@@ -262,6 +255,7 @@ class Guard:
             changed = self.withdraw_now(f"{verb} {event.node}: {decision.reason}")
         elif decision.outcome is Outcome.ANNOUNCE:
             self.event_withdrawn = False
+            self.start_probe(time.monotonic())  # the rise need not wait for the next tick
             changed = self.evaluate(f"{verb} {event.node}")
         fields.update(changed=",".join(changed) or "none", phase=self.state.phase.value)
         left = hold_down_left(self.state, time.monotonic(), self.config.hold_down)
@@ -306,46 +300,45 @@ class Guard:
         self.log(SEVERITY_INFO, event="pgpool-found", pgpool_pid=pid)
 
     def pgpool_died(self) -> None:
+        """pgpool's pidfd is readable: withdraw first, then say so."""
         assert self.pidfd is not None
         self.poller.unregister(self.pidfd)
         os.close(self.pidfd)
-        self.log(SEVERITY_WARNING, event="pgpool-exited", pgpool_pid=self.pgpool_pid)
-        self.pidfd = self.pgpool_pid = None
-        self._stop_probe()
+        pid, self.pidfd, self.pgpool_pid = self.pgpool_pid, None, None
         self.health = CheckState(Health.DOWN)
         self.evaluate("pgpool exited")
+        self._stop_probes()
+        self.log(SEVERITY_WARNING, event="pgpool-exited", pgpool_pid=pid)
 
-    # -- the probe ---------------------------------------------------------------
+    # -- the probes --------------------------------------------------------------
 
-    def start_probe(self) -> None:
-        if self.probe is not None or self.pidfd is None:
+    def start_probe(self, now: float) -> None:
+        """One more probe, unless pgpool is not followed or enough are already waiting."""
+        waiting_at_most = self.config.check_timeout / self.config.interval
+        if self.pidfd is None or len(self.probes) > waiting_at_most:
             return
-        self.probe = SslProbe(endpoints(self.settings), self.config.check_timeout)
-        self.poke_probe(time.monotonic())
+        self.poke_probe(SslProbe(endpoints(self.settings), self.config.check_timeout, now), now)
 
-    def _stop_probe(self) -> None:
-        if self.probe is not None:
-            self._unregister_probe()
-            self.probe.close()
-            self.probe = None
+    def _forget_probe(self, probe: SslProbe) -> None:
+        for fd in [fd for fd, known in self.probes.items() if known is probe]:
+            del self.probes[fd]
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self.poller.unregister(fd)
 
-    def _unregister_probe(self) -> None:
-        assert self.probe is not None
-        with contextlib.suppress(KeyError, ValueError, OSError):
-            self.poller.unregister(self.probe.fileno())
+    def _stop_probes(self) -> None:
+        for probe in list(self.probes.values()):
+            self._forget_probe(probe)
+            probe.close()
 
-    def poke_probe(self, now: float) -> None:
-        """Let the probe take its next step (it never waits); count its result when done."""
-        if self.probe is None:
-            return
-        self._unregister_probe()  # its socket changes from one endpoint to the next
-        result = self.probe.advance(now)
+    def poke_probe(self, probe: SslProbe, now: float) -> None:
+        """Let a probe take its next step (it never waits); count its result when done."""
+        self._forget_probe(probe)  # its socket changes from one endpoint to the next
+        result = probe.advance(now)
         if result is None:
-            if self.probe.fileno() >= 0:  # -1 only once the probe is over
-                self.poller.register(self.probe.fileno(), self.probe.events())
+            self.probes[probe.fileno()] = probe  # a socket exists while it runs
+            self.poller.register(probe.fileno(), probe.events())
             return
-        self.probe.close()
-        self.probe = None
+        probe.close()
         before = self.health
         self.health = next_state(
             before, result.ok, False, self.config.check_rise, self.config.check_fall
@@ -472,7 +465,7 @@ class Guard:
             if self.state.withdrawn_at is None
             else time.time() - (now - self.state.withdrawn_at),
         }
-        path = self._state_path()
+        path = self.config.guard_state_path
         with contextlib.suppress(OSError):  # status then says less; the guard goes on
             replace_file(path, (json.dumps(data) + "\n").encode(), 0o644)
 
@@ -491,8 +484,8 @@ class Guard:
         while True:
             now = time.monotonic()
             wait = max(0.0, self.next_tick - now)
-            if self.probe is not None:
-                wait = min(wait, max(0.0, self.probe.deadline - now))
+            for probe in self.probes.values():
+                wait = min(wait, max(0.0, probe.deadline - now))
             for fd, _events in self.poller.poll(wait * 1000):
                 if fd == self.pidfd:
                     self.pgpool_died()
@@ -500,8 +493,8 @@ class Guard:
                     self.accept()
                 elif fd in self.clients:
                     self.serve(fd)
-                elif self.probe is not None and fd == self.probe.fileno():
-                    self.poke_probe(time.monotonic())
+                elif fd in self.probes:
+                    self.poke_probe(self.probes[fd], time.monotonic())
                 elif fd == self._wake_r:
                     os.read(self._wake_r, 64)
             while self.signals:
@@ -511,13 +504,13 @@ class Guard:
                 else:
                     return self.stop()
             now = time.monotonic()
-            if self.probe is not None and now >= self.probe.deadline:
-                self.poke_probe(now)
+            for probe in [p for p in self.probes.values() if now >= p.deadline]:
+                self.poke_probe(probe, now)
             self.drop_late_clients(now)
             if now >= self.next_tick:
                 self.next_tick = now + self.config.interval
                 self.follow_pgpool()
-                self.start_probe()
+                self.start_probe(now)
                 self.evaluate("tick")
                 self.write_state()
                 notify("WATCHDOG=1")
@@ -532,22 +525,6 @@ class Guard:
             )
         self.log(SEVERITY_INFO, event="stop", phase=self.state.phase.value)
         return int(ExitCode.OK)
-
-
-def _lease_ran_out_at(data: dict[str, Any]) -> float | None:
-    """When the kernel removed the addresses of an earlier guard that still announced them.
-
-    That guard hung or was stopped, its lease ran out: a withdrawal like any other,
-    which owes a hold-down. Wall time; never later than now (removed by hand earlier).
-    """
-    renewed, lease = data.get("renewed_at"), data.get("lease")
-    if data.get("phase") not in (Phase.ANNOUNCED, Phase.ADOPTING):
-        return None
-    if not (isinstance(renewed, int | float) and isinstance(lease, int | float)):
-        return None
-    if isinstance(renewed, bool) or isinstance(lease, bool):
-        return None
-    return min(time.time(), float(renewed) + float(lease))
 
 
 def run_guard(config_path: str | None) -> int:

@@ -25,7 +25,7 @@ says present, the hold-down runs), ADOPTING (present, waiting for the first prob
 """
 
 from enum import StrEnum
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 
 class Phase(StrEnum):
@@ -98,6 +98,37 @@ def withdrawn(state: GuardState, now: float, planned: bool) -> GuardState:
         return GuardState(Phase.WITHDRAWN, now, None)
     served = state.phase in (Phase.ANNOUNCED, Phase.ADOPTING)
     return GuardState(Phase.WITHDRAWN, None if served else state.withdrawn_at, None)
+
+
+def owed_withdrawal(record: Any, now: float, hold_down: float, lease: float) -> float | None:
+    """How long ago (wall clock) the withdrawal was whose hold-down a new guard still owes.
+
+    `record` is what the previous guard wrote into guard.json (untrusted: any JSON).
+    If it still announced, its addresses went when their lease ran out (it hung or
+    was stopped): that is the withdrawal, at its last renewal plus the lease, or now
+    if that lies ahead (they were removed earlier). Otherwise its own last withdrawal.
+    None when there is none, or its hold-down is over, or the record makes no sense.
+    """
+    if not isinstance(record, dict):
+        return None
+
+    def number(key: str) -> float | None:
+        value = record.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        return float(value)
+
+    renewed, leased = number("renewed_at"), number("lease")
+    if record.get("phase") in (Phase.ANNOUNCED, Phase.ADOPTING):
+        if renewed is None or leased is None:
+            return None
+        at: float | None = min(now, renewed + leased)
+    else:
+        at = number("withdrawn_at_wall")
+    if at is None:
+        return None
+    ago = now - at
+    return ago if 0 <= ago < hold_down + lease else None
 
 
 def hold_down_left(state: GuardState, now: float, hold_down: float) -> float:

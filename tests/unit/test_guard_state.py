@@ -12,6 +12,7 @@ from pgpool_anycast_hook.guard_state import (
     hold_down_left,
     initial,
     lease_left,
+    owed_withdrawal,
     step,
     withdrawn,
 )
@@ -140,3 +141,41 @@ def test_drain_then_stop_then_start_announces_without_a_hold_down() -> None:
     state = withdrawn(state, 10.3, planned=False)  # ExecStopPost= del
     state, action = step(state, 12.0, True, True, HOLD_DOWN)  # the new pgpool answers
     assert action is Action.ANNOUNCE
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=8,
+)
+records = st.fixed_dictionaries(
+    {},
+    optional={
+        "phase": st.sampled_from([*Phase, "bogus"]) | json_values,
+        "renewed_at": st.floats(0.0, 200.0) | json_values,
+        "lease": st.floats(0.0, 20.0) | json_values,
+        "withdrawn_at_wall": st.floats(0.0, 200.0) | json_values,
+    },
+)
+
+
+@given(record=records | json_values, now=st.floats(0.0, 200.0))
+def test_an_earlier_guards_record_owes_at_most_one_hold_down(record: object, now: float) -> None:
+    """Whatever guard.json holds: None, or a withdrawal within hold_down + lease ago."""
+    ago = owed_withdrawal(record, now, HOLD_DOWN, 10.0)
+    assert ago is None or 0 <= ago < HOLD_DOWN + 10.0
+
+
+def test_a_guard_that_hung_announced_owes_a_hold_down_from_its_lease_end() -> None:
+    announced = {"phase": "ANNOUNCED", "renewed_at": 100.0, "lease": 3.0,
+                 "withdrawn_at_wall": 50.0}  # fmt: skip
+    assert owed_withdrawal(announced, 104.0, HOLD_DOWN, 3.0) == 1.0  # gone at 103
+    assert owed_withdrawal(announced, 101.0, HOLD_DOWN, 3.0) == 0.0  # removed early: now
+    assert owed_withdrawal(announced, 120.0, HOLD_DOWN, 3.0) is None  # served long ago
+    withdrawn = {"phase": "WITHDRAWN", "withdrawn_at_wall": 100.0}
+    assert owed_withdrawal(withdrawn, 102.0, HOLD_DOWN, 3.0) == 2.0
+    assert owed_withdrawal({"phase": "WITHDRAWN", "withdrawn_at_wall": None}, 1.0, 5.0, 3.0) is None
+    assert (
+        owed_withdrawal({"phase": "ANNOUNCED", "renewed_at": True, "lease": 3}, 1.0, 5.0, 3.0)
+        is None
+    )
