@@ -84,6 +84,12 @@ class Guard:
     def __init__(self, config_path: str | None) -> None:
         self.config_path = config_path
         self.config, self.settings = self._read_configuration()
+        self.clients: dict[int, tuple[socket.socket, float, bool, int]] = {}  # conn, until, ok, uid
+        self.server = self._listen()
+        # Ready once the socket listens: pgpool may start now (the unit orders it after
+        # the guard), and a request it sends before the loop runs waits in the backlog.
+        # pyroute2's import and the first dump then overlap pgpool's own start.
+        notify("READY=1")
         self.ipr = guard_netlink.open_route()
         self.index = guard_netlink.interface_index(self.ipr, self.config.interface)
         present = guard_netlink.present_addresses(self.ipr, self.index, self.config.addresses)
@@ -97,9 +103,7 @@ class Guard:
         self.last_transition = {"at": time.time(), "to": self.state.phase.value, "reason": "start"}
         self.renewed_at: float | None = None
         self.failing = ""  # the last netlink failure logged, to log each one once
-        self.clients: dict[int, tuple[socket.socket, float, bool, int]] = {}  # conn, until, ok, uid
         self.signals: list[int] = []  # signal numbers, handled in the loop
-        self.server = self._listen()
         self.poller = select.poll()
         self.poller.register(self.server.fileno(), select.POLLIN)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -479,7 +483,6 @@ class Guard:
             signal.signal(handled, self.on_signal)
         self.follow_pgpool()
         self.evaluate("start")
-        notify("READY=1")
         self.log(SEVERITY_INFO, event="start", phase=self.state.phase.value)
         while True:
             now = time.monotonic()
