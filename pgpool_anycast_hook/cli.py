@@ -258,12 +258,20 @@ def drain(ctx: click.Context, node: str | None) -> None:
 @cli.command()
 @click.pass_context
 def check(ctx: click.Context) -> None:
-    """For the timer: probe pgpool; withdraw after check_fall failures, announce after check_rise.
+    """One-shot probe of pgpool, for monitoring; standalone, it also acts on the addresses.
 
     The probe needs pgpool to answer an SSLRequest within check_timeout (and,
-    with check_query, `SELECT 1` through psql). Respects the hold and
-    pgpool_status. Logs only when the state or the addresses change.
-    Exit 0 when pgpool answered, 1 when it did not.
+    with check_query, `SELECT 1` through psql). Exit 0 when pgpool answered,
+    1 when it did not.
+
+    Guarded mode (mode = "guarded"): only probes and writes its line; it never
+    touches the addresses or check.json (the guard owns them and probes pgpool
+    itself) and needs no capability.
+
+    Standalone mode, run from your own timer or cron job: withdraws after
+    check_fall failures in a row and announces again after check_rise answers,
+    respecting the hold and pgpool_status; needs CAP_NET_ADMIN, as the hook
+    lines do. Logs only when the state or the addresses change.
     """
     from pgpool_anycast_hook.health_check import run_check
     from pgpool_anycast_hook.logged_run import run_logged

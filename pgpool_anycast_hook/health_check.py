@@ -1,12 +1,19 @@
-"""`check`, for the timer: probe pgpool, count, and withdraw or announce again.
+"""`check`: a one-shot probe of pgpool for monitoring, and, standalone, its rise/fall.
 
 The probe is pgpool_probe.probe_once: pgpool must answer an SSLRequest within
 check_timeout (a plain connect() proves nothing about a hung pgpool). With
 check_query, `psql -c 'SELECT 1'` must also succeed (libpq's PG* environment
-chooses user and database; e.g. Environment= in the timer's service).
+chooses user and database).
 
-Counts are kept in <state_dir>/check.json, written atomically. The transition is
-check_state.next_state (pure); this module only does the I/O around it.
+In the guarded mode the guard owns the addresses and probes pgpool itself, so
+`check` only probes and reports: it never touches an address or check.json and
+needs no capability, and it always writes its line (monitoring reads it).
+
+In the standalone mode, for an administrator's own timer or cron job, it also
+acts: counts are kept in <state_dir>/check.json, written atomically, and the
+addresses are withdrawn after check_fall failures and follow the desired state
+again after check_rise answers. The transition is check_state.next_state (pure);
+this module only does the I/O around it.
 """
 
 import json
@@ -22,7 +29,7 @@ from pgpool_anycast_hook.observation import observe, refresh
 from pgpool_anycast_hook.pgpool_conf import read_pgpool_conf
 from pgpool_anycast_hook.pgpool_probe import probe_once
 from pgpool_anycast_hook.run_lock import run_lock, withdrawal_mark
-from pgpool_anycast_hook.run_log import RunLog
+from pgpool_anycast_hook.run_log import SEVERITY_INFO, SEVERITY_WARNING, RunLog
 from pgpool_anycast_hook.safe_files import read_regular, replace_file
 
 STATE_FILE = "check.json"
@@ -52,8 +59,27 @@ def save_state(path: str, state: CheckState) -> None:
         replace_file(path, (json.dumps(data) + "\n").encode(), 0o644)
 
 
+def acts_on_addresses(config: Config) -> bool:
+    """Whether `check` may change addresses: only standalone; the guard owns them otherwise."""
+    return config.mode != "guarded"
+
+
+def run_probe_only(config: Config, log: RunLog) -> int:
+    """The guarded mode's `check`: probe, write the line, exit 0 if pgpool answered, else 1."""
+    settings = read_pgpool_conf(config.pgpool_conf)
+    result = probe_once(settings, config.check_timeout, config.check_query)
+    code = 0 if result.ok else 1
+    log.set(mode=config.mode, probe="ok" if result.ok else "failed", detail=result.detail,
+            latency_ms=round(result.latency * 1000, 1), changed="none")  # fmt: skip
+    severity = SEVERITY_INFO if result.ok else SEVERITY_WARNING
+    log.emit(severity, result="ok" if result.ok else "unhealthy", exit=code)
+    return code
+
+
 def run_check(config: Config, dry_run: bool, log: RunLog) -> int:
-    """Exit 0 when pgpool answered (or the hold is set), DRIFT (1) when it did not."""
+    """Exit 0 when pgpool answered (or, standalone, the hold is set), DRIFT (1) when not."""
+    if not acts_on_addresses(config):
+        return run_probe_only(config, log)
     if not config.addresses:
         log.set(decision="nothing", reason="no addresses configured", changed="none")
         return 0

@@ -1,11 +1,12 @@
-"""The operator commands under a real systemd (issue 5): check timer, hold, drain, reconcile.
+"""The operator commands under a real systemd (issue 5): check, hold, drain, reconcile.
 
 Same bed as test_pgpool_drop_in.py (whose PgpoolUnit this reuses): a fresh Debian 12
 or 13 container per test, this checkout's .deb, the drop-in activated by its symbolic
 link, Debian's pgpool2.service and PostgreSQL. What is new here is what only systemd
-shows: the shipped check timer acting on a frozen pgpool, a hold that outlives
-`systemctl restart`, ExecStop's drain before pgpool's shutdown, ExecStartPre's
-reconcile before pgpool starts.
+shows: `check` as a one-shot probe of a frozen pgpool (standalone: withdrawing after
+check_fall runs, as an administrator's own timer would run it; guarded: reporting
+only), a hold that outlives `systemctl restart`, ExecStop's drain before pgpool's
+shutdown, ExecStartPre's reconcile before pgpool starts.
 
 A planned restart can meet pgpool's own stop hang (research/real-systemd.md); it is
 reported as a PgpoolStopHang warning and the unit is killed, as in the other module.
@@ -25,6 +26,7 @@ from typing import Any
 import pytest
 
 from testbed.container import Container
+from tests.systemd.test_guard_unit import GuardedUnit
 from tests.systemd.test_pgpool_drop_in import (
     ANYCAST,
     ANYCAST_IP,
@@ -37,11 +39,12 @@ from tests.systemd.test_pgpool_drop_in import (
 pytestmark = pytest.mark.systemd
 
 HOOK = "pgpool-anycast-hook"
-CHECK_TIMER = "pgpool-anycast-hook-check.timer"
-CHECK_SERVICE = "pgpool-anycast-hook-check.service"
 CONF_D = "/etc/pgpool-anycast-hook/conf.d"
+CHECK_JSON = "/var/lib/pgpool-anycast-hook/check.json"
 START_BOUND = 90.0  # ExecStartPost's add waits at most 60 s for pgpool
-CHECK_BOUND = 40.0  # timer every 5 s; fall/rise 2 runs of at most 2 s each
+# As the drop-in's hook lines run (User=postgres, ambient CAP_NET_ADMIN), or without it.
+AS_POSTGRES = ("setpriv", "--reuid", "postgres", "--regid", "postgres", "--init-groups")
+WITH_NET_ADMIN = ("--inh-caps", "+net_admin", "--ambient-caps", "+net_admin")
 SHUTDOWN = re.compile(r"shut(ting)? ?down", re.IGNORECASE)
 
 
@@ -109,12 +112,6 @@ def hook_action(action: str, **wanted: str) -> Any:
 
 def pgpool_shutdown_line(entry: dict[str, Any]) -> bool:
     return entry.get("SYSLOG_IDENTIFIER") != HOOK_IDENT and bool(SHUTDOWN.search(message(entry)))
-
-
-def check_lines(unit: PgpoolUnit, since: float) -> list[dict[str, Any]]:
-    """The check service's hook lines since `since`."""
-    entries = unit.box.journal_entries(f"_SYSTEMD_UNIT={CHECK_SERVICE}")
-    return [e for e in after(entries, since) if is_hook_line(e)]
 
 
 def wait_for_line(
@@ -233,74 +230,128 @@ def status(unit: PgpoolUnit) -> tuple[int, dict[str, Any], str]:
 # -- the tests ---------------------------------------------------------------------------
 
 
-def test_1_check_timer_withdraws_a_frozen_pgpool_and_announces_after_sigcont(
+def check_run(
+    unit: PgpoolUnit, *prefix: str, config: str | None = None
+) -> tuple[int, dict[str, str]]:
+    """One `check`, run as `prefix` says (setpriv as postgres...): (exit code, its line)."""
+    options = ["--config", config] if config else []
+    done = unit.box.run([*prefix, HOOK, *options, "check"], check=False, timeout=60)
+    lines = [line for line in done.stderr.splitlines() if line.startswith(f"{HOOK_IDENT}: ")]
+    assert len(lines) <= 1, unit.explain(f"check wrote more than one line: {done.stderr}")
+    found = dict(w.split("=", 1) for w in shlex.split(lines[0]) if "=" in w) if lines else {}
+    return done.returncode, found
+
+
+def freeze(unit: PgpoolUnit) -> None:
+    """SIGSTOP every process of pgpool2.service, and wait until all are stopped."""
+    unit.box.run(["systemctl", "kill", "--signal=SIGSTOP", "pgpool2"])
+    states: dict[int, str] = {}
+
+    def all_stopped() -> bool:
+        states.clear()
+        states.update(process_states(unit, unit_pids(unit)))
+        return bool(states) and set(states.values()) == {"T"}
+
+    unit.wait_until(all_stopped, 5, "every pgpool process stopped", lambda: str(states))
+
+
+def thaw(unit: PgpoolUnit) -> None:
+    unit.box.run(["systemctl", "kill", "--signal=SIGCONT", "pgpool2"], check=False)
+
+
+def check_json_exists(unit: PgpoolUnit) -> bool:
+    return unit.box.run(["test", "-e", CHECK_JSON], check=False).returncode == 0
+
+
+def test_1_check_probe_standalone_withdraws_after_check_fall_and_announces_after_rise(
     unit: PgpoolUnit,
 ) -> None:
+    """`check` as an administrator's own timer runs it in the standalone wiring (postgres
+    with CAP_NET_ADMIN): a frozen pgpool is reported with exit 1 on every run and loses
+    its address only at the check_fall-th run; after SIGCONT it comes back at the
+    check_rise-th. pgpool2.service stays active throughout (no ExecStopPost involved)."""
     unit.prepare()
     write_conf(unit, "60-check.toml", "check_fall = 2\ncheck_rise = 2\ncheck_timeout = 1.0\n")
     unit.start()
     assert unit.anycast_present(), unit.explain("no address after start")
-    enabled_at = time.time()
-    unit.box.run(["systemctl", "enable", "--now", CHECK_TIMER])
-    # A healthy pgpool: the first run goes INIT->UP and leaves the address alone.
-    first = wait_for_line(
-        unit,
-        lambda: check_lines(unit, enabled_at),
-        hook_action("check", transition="INIT->UP"),
-        20,
-        "the timer's first check (INIT->UP)",
-    )
-    assert line_fields(first).get("changed") == "none", unit.explain(message(first))
-    assert unit.anycast_present(), unit.explain("a healthy check withdrew the address")
-    assert_from_postgres(unit, first, CHECK_SERVICE)
+    code, line = check_run(unit, *AS_POSTGRES, *WITH_NET_ADMIN)
+    assert code == 0 and line.get("transition") == "INIT->UP", unit.explain(f"{code} {line}")
+    assert line.get("changed") == "none" and unit.anycast_present(), unit.explain(str(line))
 
-    frozen_at = time.time()
-    unit.box.run(["systemctl", "kill", "--signal=SIGSTOP", "pgpool2"])
+    freeze(unit)
     try:
-        states: dict[int, str] = {}
-
-        def all_stopped() -> bool:
-            states.clear()
-            states.update(process_states(unit, unit_pids(unit)))
-            return bool(states) and set(states.values()) == {"T"}
-
-        unit.wait_until(all_stopped, 5, "every pgpool process stopped", lambda: str(states))
-        unit.wait_until(
-            lambda: not unit.anycast_present(), CHECK_BOUND, f"{ANYCAST} withdrawn by the timer"
-        )
-        withdrawn_after = time.time() - frozen_at
-        down = wait_for_line(
-            unit,
-            lambda: check_lines(unit, frozen_at),
-            hook_action("check", transition="FALLING->DOWN"),
-            5,
-            "the check line FALLING->DOWN",
-        )
-        down_fields = line_fields(down)
-        assert down_fields.get("changed") == f"-{ANYCAST}", unit.explain(message(down))
-        assert down_fields.get("probe") == "failed", unit.explain(message(down))
-        assert_from_postgres(unit, down, CHECK_SERVICE)
-        # The timer withdrew it, not ExecStopPost: pgpool2.service is still up.
+        code, line = check_run(unit, *AS_POSTGRES, *WITH_NET_ADMIN)
+        assert code == 1 and line.get("probe") == "failed", unit.explain(f"{code} {line}")
+        assert line.get("transition") == "UP->FALLING", unit.explain(str(line))
+        assert unit.anycast_present(), unit.explain("withdrawn before check_fall runs")
+        code, line = check_run(unit, *AS_POSTGRES, *WITH_NET_ADMIN)
+        assert code == 1 and line.get("transition") == "FALLING->DOWN", unit.explain(str(line))
+        assert line.get("changed") == f"-{ANYCAST}", unit.explain(str(line))
+        assert not unit.anycast_present(), unit.explain("still announced after check_fall runs")
         assert unit.state()["ActiveState"] == "active", unit.explain("pgpool2 is not active")
     finally:
-        thawed_at = time.time()
-        unit.box.run(["systemctl", "kill", "--signal=SIGCONT", "pgpool2"], check=False)
-    unit.wait_until(unit.anycast_present, CHECK_BOUND, f"{ANYCAST} announced again by the timer")
-    announced_after = time.time() - thawed_at
-    up = wait_for_line(
-        unit,
-        lambda: check_lines(unit, thawed_at),
-        hook_action("check", transition="RISING->UP"),
-        5,
-        "the check line RISING->UP",
-    )
-    assert line_fields(up).get("changed") == f"+{ANYCAST}", unit.explain(message(up))
-    assert_from_postgres(unit, up, CHECK_SERVICE)
+        thaw(unit)
+    unit.wait_until(
+        lambda: check_run(unit, *AS_POSTGRES, *WITH_NET_ADMIN)[0] == 0, 20, "pgpool answers"
+    )  # the first answer after SIGCONT: RISING, one of check_rise
+    assert not unit.anycast_present(), unit.explain("announced before check_rise answers")
+    code, line = check_run(unit, *AS_POSTGRES, *WITH_NET_ADMIN)
+    assert code == 0 and line.get("transition") == "RISING->UP", unit.explain(f"{code} {line}")
+    assert line.get("changed") == f"+{ANYCAST}", unit.explain(str(line))
+    assert unit.anycast_present(), unit.explain("not announced again after check_rise answers")
     code, data, table = status(unit)
     assert code == 0, unit.explain(f"status exit {code} after SIGCONT:\n{table}")
     assert data["check"] == {"state": "UP", "count": 0}, unit.explain(table)
-    print(f"[{unit.suite}] withdrawn {withdrawn_after:.1f}s after SIGSTOP, "
-          f"announced {announced_after:.1f}s after SIGCONT")  # fmt: skip
+
+
+@pytest.fixture
+def guarded(box: Container, suite_root: tuple[str, Path]) -> Iterator[GuardedUnit]:
+    """The guarded pgpool2.service (test_guard_unit.py); stopped again before the container."""
+    pgpool = GuardedUnit(box, suite_root[0])
+    yield pgpool
+    if pgpool.state()["ActiveState"] not in ("inactive", "failed"):
+        pgpool.stop()
+
+
+def test_1b_check_probe_guarded_reports_and_changes_nothing(guarded: GuardedUnit) -> None:
+    """In the guarded mode `check` only probes: as postgres without any capability it
+    reports a frozen pgpool with exit 1 and an answering one with 0, and never touches
+    the address or check.json, even though its own configuration says check_fall = 1.
+    The guard's configuration (check_fall = 100) keeps the guard itself from
+    withdrawing during the test, so any withdrawal would be check's."""
+    guarded.prepare()
+    write_conf(guarded, "60-check.toml", "check_fall = 100\ncheck_timeout = 1.0\n")
+    config = "/etc/pah-check-probe/config.toml"
+    guarded.box.run(["mkdir", "-m", "0755", "-p", "/etc/pah-check-probe"])
+    guarded.box.write_file(
+        config,
+        f'addresses = ["{ANYCAST}"]\nmode = "guarded"\ncheck_fall = 1\ncheck_rise = 1\n'
+        "check_timeout = 1.0\n",
+    )
+    guarded.start()
+    guarded.wait_until(guarded.anycast_present, 30, f"{ANYCAST} announced by the guard")
+    guard_pid = guarded.guard_pid()
+    assert not check_json_exists(guarded), guarded.explain(f"{CHECK_JSON} before any check")
+    code, line = check_run(guarded, *AS_POSTGRES, config=config)
+    assert code == 0 and line.get("probe") == "ok", guarded.explain(f"{code} {line}")
+    assert line.get("changed") == "none" and line.get("mode") == "guarded", guarded.explain(
+        str(line)
+    )
+    freeze(guarded)
+    try:
+        for _ in range(2):
+            code, line = check_run(guarded, *AS_POSTGRES, config=config)
+            assert code == 1 and line.get("probe") == "failed", guarded.explain(f"{code} {line}")
+            assert line.get("changed") == "none", guarded.explain(str(line))
+            assert guarded.anycast_present(), guarded.explain("the guarded check withdrew")
+    finally:
+        thaw(guarded)
+    guarded.wait_until(
+        lambda: check_run(guarded, *AS_POSTGRES, config=config)[0] == 0, 20, "pgpool answers"
+    )
+    assert guarded.anycast_present(), guarded.explain("the address left during the test")
+    assert not check_json_exists(guarded), guarded.explain(f"the guarded check wrote {CHECK_JSON}")
+    assert guarded.guard_pid() == guard_pid, guarded.explain("the guard restarted")
 
 
 def test_2_hold_survives_systemctl_restart(unit: PgpoolUnit) -> None:

@@ -1,6 +1,7 @@
 """The privilege boundary under a real systemd: postgres can never steer a root run.
 
-The hook runs as postgres with CAP_NET_ADMIN from pgpool2.service and as root by hand.
+The hook runs as postgres with CAP_NET_ADMIN from pgpool2.service (and from an
+administrator's own timer running `check`) and as root by hand.
 Here, on Debian 12 and 13 with this checkout's .deb installed, configured and its
 drop-in active (pgpool2.service started and stopped once, so that systemd has applied
 StateDirectory= and friends as in production):
@@ -129,6 +130,14 @@ def run_root(unit: PgpoolUnit, args: tuple[str, ...]) -> tuple[int | None, str]:
     return code, done.stdout + done.stderr
 
 
+def run_check_as_postgres(unit: PgpoolUnit) -> None:
+    """`check` as postgres with CAP_NET_ADMIN, as the hook lines run (pgpool is stopped,
+    so it reports exit 1); it must end with a documented code and no traceback."""
+    done = unit.box.run([*AS_POSTGRES, *WITH_NET_ADMIN, HOOK, "check"], check=False)
+    assert done.returncode in DOCUMENTED, unit.explain(f"check: exit {done.returncode}")
+    assert "Traceback" not in done.stderr, unit.explain(done.stderr)
+
+
 def make_victims(unit: PgpoolUnit) -> None:
     text = json.dumps({"reason": SECRET, "state": "UP", "count": 0, "by": SECRET}) + "\n"
     for path, mode in ((VICTIM_FILE, 0o600), (VICTIM_ETC, 0o644)):
@@ -231,8 +240,8 @@ def test_names_planted_by_postgres_never_steer_a_root_command(unit: PgpoolUnit, 
     directory) or a FIFO at every hook name in every directory it can write, afresh
     before each command; each command run as root leaves the victims untouched, never
     prints their content, and ends within its deadline + margin with a documented code."""
-    # As with the check timer enabled: its service has its own *Directory= lines.
-    unit.box.run(["systemctl", "start", "pgpool-anycast-hook-check.service"], check=False)
+    # As when an administrator's own timer runs `check` as the drop-in's hook lines run.
+    run_check_as_postgres(unit)
     make_victims(unit)
     names = plantable_names(unit)
     before = victims(unit)
@@ -270,14 +279,14 @@ def test_names_planted_by_postgres_never_steer_a_root_command(unit: PgpoolUnit, 
 def test_no_configuration_source_is_writable_by_postgres(unit: PgpoolUnit) -> None:
     """config.toml, conf.d/ and its files, the cache directory and its files: none is
     writable by postgres, and the cache directory is root:root and not group/other-
-    writable, both after pgpool2.service ran and after the check service ran."""
+    writable, both after pgpool2.service ran and after `check` ran as postgres with
+    CAP_NET_ADMIN (as an administrator's own timer would run it)."""
     first = unit.box.run([HOOK, "check-config"], check=False)  # (re)writes the cache
     assert first.returncode == 0, unit.explain(f"check-config failed: {first.stderr}")
     assert_configuration_out_of_reach(unit, "after pgpool2.service started and stopped")
-    # The check service has its own [Service] lines (User=postgres, *Directory=).
-    unit.box.run(["systemctl", "start", "pgpool-anycast-hook-check.service"], check=False)
+    run_check_as_postgres(unit)
     unit.box.run([HOOK, "check-config"], check=False)
-    assert_configuration_out_of_reach(unit, "after pgpool-anycast-hook-check.service ran")
+    assert_configuration_out_of_reach(unit, "after check ran as postgres+CAP_NET_ADMIN")
 
 
 def test_a_forged_cache_or_conf_written_by_postgres_is_ignored(unit: PgpoolUnit) -> None:
@@ -286,7 +295,7 @@ def test_a_forged_cache_or_conf_written_by_postgres_is_ignored(unit: PgpoolUnit)
     directory included if it can: root's and a postgres+CAP_NET_ADMIN run's
     `check-config` still print root's `addresses`, and `add` never puts the forged
     address on lo."""
-    unit.box.run(["systemctl", "start", "pgpool-anycast-hook-check.service"], check=False)
+    run_check_as_postgres(unit)
     first = unit.box.run([HOOK, "check-config"], check=False)
     assert first.returncode == 0, unit.explain(f"check-config failed: {first.stderr}")
     expected = addresses_line(first.stdout)
