@@ -1,6 +1,7 @@
-"""The health-check state machine of `check`: rise and fall counts, as a pure function.
+"""The health-check state machine: rise and fall counts, as a pure function.
 
-States (kept in state_dir between timer runs):
+Shared by the guard's probes (in memory) and the standalone `check` (its state kept
+in state_dir between runs). States:
 
 - UP: pgpool answered; the addresses follow the desired state.
 - FALLING: pgpool failed fewer than `fall` times in a row; nothing changes yet.
