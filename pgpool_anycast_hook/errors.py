@@ -4,14 +4,20 @@ The codes follow sysexits(3) so that monitoring and systemd can tell a bad
 configuration from a missing capability from a busy lock. Every failure the
 hook knows about is one of these exceptions; anything else is reported as
 FAILURE without a traceback.
+
+Every run imports this module, the guarded client's one-message run too, so it
+stays plain: the codes are ints in a namespace class (IntEnum would load `enum`),
+and file_errors is a small class rather than a contextlib generator.
 """
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from enum import IntEnum
+TYPE_CHECKING = False  # mypy reads this as True; at run time `types` stays unloaded
+if TYPE_CHECKING:
+    from types import TracebackType
 
 
-class ExitCode(IntEnum):
+class ExitCode:
+    """The process exit codes, as plain ints."""
+
     OK = 0  # done, or nothing to do
     DRIFT = 1  # `status`: addresses differ from the desired state; `check`: no answer
     USAGE = 2  # bad command line
@@ -66,17 +72,28 @@ class NotReady(HookError):
     result = "not-ready"
 
 
-@contextmanager
-def file_errors(action: str) -> Iterator[None]:
+class file_errors:  # lower case: it replaced a function and is used like one
     """Turn an OSError in the body into PermissionDenied (77) or HookError (70).
 
     `action` completes "cannot ...", e.g. "write the hold".
     """
-    try:
-        yield
-    except OSError as error:
+
+    def __init__(self, action: str) -> None:
+        self.action = action
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: "TracebackType | None",
+    ) -> None:
+        if not isinstance(error, OSError):
+            return
         where = f"{error.filename}: " if error.filename else ""
-        message = f"cannot {action}: {where}{error.strerror or error}"
+        message = f"cannot {self.action}: {where}{error.strerror or error}"
         if isinstance(error, PermissionError):
             raise PermissionDenied(message) from None
         raise HookError(message) from None

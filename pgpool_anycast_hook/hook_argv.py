@@ -16,9 +16,10 @@ NODE_ID is pgpool's backend index (`%d`). pgpool >= 4.4 expands `%d` with a lead
 space, so surrounding blanks are accepted. The first EXTRA, when given, is `%P`
 (the old primary node id, -1 when there was none); the rest are ignored so that
 more placeholders can be passed.
-"""
 
-from typing import NamedTuple
+The results are plain classes, not typing.NamedTuple: importing `typing` costs the
+guarded client more than its whole exchange with the guard.
+"""
 
 from pgpool_anycast_hook.errors import UsageError
 
@@ -30,19 +31,50 @@ _BLANKS = " \t\n\r\v\f"
 _HELP_FLAGS = ("--help", "-h")
 
 
-class HookArgs(NamedTuple):
-    verb: str
-    node: int
-    old_primary: int | None = None
-    config_path: str | None = None
-    dry_run: bool = False
-    wait_ready: float = 0.0
+class HookArgs:
+    """One add/del/clean command line, parsed; equal to another with the same values."""
+
+    __slots__ = ("config_path", "dry_run", "node", "old_primary", "verb", "wait_ready")
+
+    def __init__(
+        self,
+        verb: str,
+        node: int,
+        old_primary: int | None = None,
+        config_path: str | None = None,
+        dry_run: bool = False,
+        wait_ready: float = 0.0,
+    ) -> None:
+        self.verb = verb
+        self.node = node
+        self.old_primary = old_primary
+        self.config_path = config_path
+        self.dry_run = dry_run
+        self.wait_ready = wait_ready
+
+    def _values(self) -> tuple[object, ...]:
+        return (self.verb, self.node, self.old_primary, self.config_path, self.dry_run,
+                self.wait_ready)  # fmt: skip
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, HookArgs) and self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        return f"HookArgs{self._values()!r}"
 
 
-class GlobalOptions(NamedTuple):
-    config_path: str | None
-    dry_run: bool
-    rest: list[str]
+class GlobalOptions:
+    """The options before the command, and the rest of argv."""
+
+    __slots__ = ("config_path", "dry_run", "rest")
+
+    def __init__(self, config_path: str | None, dry_run: bool, rest: list[str]) -> None:
+        self.config_path = config_path
+        self.dry_run = dry_run
+        self.rest = rest
 
 
 def parse_node_id(text: str, what: str = "NODE_ID", lowest: int = 0) -> int:

@@ -12,14 +12,21 @@ non-blocking open of /proc/self/fd/2, which leaves pgpool's own descriptor as it
 was, or, for a pipe we may not reopen, one atomic write of what poll() says fits)
 and the syslog datagram is sent with MSG_DONTWAIT. What cannot be written at
 once is dropped; a missing, closed or refusing stderr or syslog never fails a run.
+
+Every run writes through here, the guarded client's too, so the sockets are made
+with `_socket`, the C module behind `socket` (same calls, same errors): `socket`
+itself converts hundreds of constants to enums on import, which costs more than
+the rest of this module. The claim is a `_thread` lock, for the same reason.
 """
 
+import _socket
+import _thread
+import errno
 import os
-import select
-import socket
 import stat
-import threading
 import time
+
+from pgpool_anycast_hook.errors import ExitCode
 
 IDENT = "pgpool-anycast-hook"
 SEVERITY_ERR, SEVERITY_WARNING, SEVERITY_INFO = 3, 4, 6
@@ -62,8 +69,11 @@ def write_nonblocking(fd: int, data: bytes) -> bool:
     try:
         kind = os.fstat(fd).st_mode
         if stat.S_ISSOCK(kind):
-            with socket.socket(fileno=os.dup(fd)) as sock:
-                return sock.send(data, socket.MSG_DONTWAIT) == len(data)
+            sock = _socket.socket(fileno=os.dup(fd))
+            try:
+                return sock.send(data, _socket.MSG_DONTWAIT) == len(data)
+            finally:
+                sock.close()
         if stat.S_ISREG(kind) or (stat.S_ISCHR(kind) and os.major(os.fstat(fd).st_rdev) == 1):
             return os.write(fd, data) == len(data)  # a file or /dev/null: never blocks
         # A pipe, FIFO or terminal: a new open file description, made non-blocking,
@@ -73,6 +83,8 @@ def write_nonblocking(fd: int, data: bytes) -> bool:
                 f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
             )
         except OSError:  # someone else's pipe: write only what fits now, atomically
+            import select
+
             ready = select.poll()
             ready.register(fd, select.POLLOUT)
             if not ready.poll(0):
@@ -91,15 +103,22 @@ def send_syslog(address: str, facility: int, severity: int, message: str) -> boo
     stamp = time.strftime("%b %d %H:%M:%S", time.localtime())
     pri = facility * 8 + severity
     payload = f"<{pri}>{stamp} {IDENT}[{os.getpid()}]: {message}".encode(errors="replace")
-    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+    for kind in (_socket.SOCK_DGRAM, _socket.SOCK_STREAM):
         try:
-            with socket.socket(socket.AF_UNIX, kind | socket.SOCK_NONBLOCK) as sock:
-                sock.connect(address)
-                data = payload if kind == socket.SOCK_DGRAM else payload + b"\n"
-                return sock.send(data, socket.MSG_DONTWAIT) == len(data)
+            sock = _socket.socket(
+                _socket.AF_UNIX, kind | _socket.SOCK_NONBLOCK | _socket.SOCK_CLOEXEC
+            )
+        except OSError:
+            return False
+        try:
+            sock.connect(address)
+            data = payload if kind == _socket.SOCK_DGRAM else payload + b"\n"
+            return sock.send(data, _socket.MSG_DONTWAIT) == len(data)
         except (OSError, ValueError) as error:  # ValueError: a NUL in the path
-            if getattr(error, "errno", None) != getattr(socket, "EPROTOTYPE", 91):
+            if getattr(error, "errno", None) != errno.EPROTOTYPE:
                 return False
+        finally:
+            sock.close()
     return False
 
 
@@ -116,7 +135,7 @@ class RunLog:
         self.facility = 3  # daemon
         self.started = time.monotonic()
         self._emitted: dict[str, object] | None = None
-        self._claim = threading.Lock()
+        self._claim = _thread.allocate_lock()
 
     def set(self, **fields: object) -> None:
         self.fields.update(fields)
@@ -138,3 +157,13 @@ class RunLog:
         write_nonblocking(STDERR, f"{IDENT}: {line}\n".encode(errors="replace"))
         send_syslog(self.syslog_address, self.facility, severity, line)
         return line
+
+    def expire(self) -> int:
+        """The deadline's action (deadline.py): this run's line, unless it was written.
+
+        The exit code is that of the line that was written, whoever wrote it.
+        """
+        self.emit(SEVERITY_ERR, result="deadline", exit=ExitCode.TEMPFAIL)
+        done = self.emitted or {}
+        code = done.get("exit", ExitCode.TEMPFAIL)
+        return code if isinstance(code, int) else ExitCode.TEMPFAIL
