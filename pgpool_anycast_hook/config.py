@@ -12,13 +12,22 @@ import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from pgpool_anycast_hook.config_cache import cache_key, read_cached, write_cached
-from pgpool_anycast_hook.config_trust import check_trusted, trusted_owners
+from pgpool_anycast_hook import config_cache
+from pgpool_anycast_hook.config_cache import (
+    cache_key,
+    client_view,
+    config_files,
+    read_cached,
+    resolve_main_file,
+    write_cached,
+)
+from pgpool_anycast_hook.config_trust import trusted_owners
 from pgpool_anycast_hook.errors import ConfigError
 from pgpool_anycast_hook.safe_files import read_regular
 
-DEFAULT_CONFIG = "/etc/pgpool-anycast-hook/config.toml"
-CONFIG_ENV = "PGPOOL_ANYCAST_HOOK_CONFIG"
+# Which files make the configuration is config_cache.py's, shared with the guarded client.
+DEFAULT_CONFIG = config_cache.DEFAULT_CONFIG
+CONFIG_ENV = config_cache.CONFIG_ENV
 MAX_CONFIG_BYTES = 1 << 20
 MAX_DOTS_PER_LINE = 1000
 
@@ -260,31 +269,6 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
 }
 
 
-def config_files(main_file: str, owners: frozenset[int]) -> list[str]:
-    """The main file (if present) and its sibling conf.d/*.toml, in merge order.
-
-    Each is checked with config_trust (raises ConfigError), and so is conf.d itself:
-    a directory someone else can write could gain or lose a file.
-    """
-    files: list[str] = []
-    if os.path.lexists(main_file):
-        check_trusted(main_file, owners)
-        files.append(main_file)
-    conf_d = os.path.join(os.path.dirname(main_file), "conf.d")
-    if not os.path.lexists(conf_d):
-        return files
-    check_trusted(conf_d, owners, "configuration directory")
-    try:
-        names = sorted(n for n in os.listdir(conf_d) if n.endswith(".toml"))
-    except OSError as error:
-        raise ConfigError(f"{conf_d}: cannot list: {error.strerror}") from None
-    for name in names:
-        path = os.path.join(conf_d, name)
-        check_trusted(path, owners)
-        files.append(path)
-    return files
-
-
 def _read_toml(path: str) -> dict[str, Any]:
     import tomllib  # only when the cache (config_cache.py) cannot answer
 
@@ -347,14 +331,6 @@ def check_merged(typed: dict[str, Any], source: str) -> None:
             )
 
 
-def resolve_main_file(explicit: str | None) -> tuple[str, bool]:
-    """Which main file to read, and whether the user asked for it by name."""
-    chosen = explicit or os.environ.get(CONFIG_ENV) or ""
-    if chosen:
-        return chosen, True
-    return DEFAULT_CONFIG, False
-
-
 def load_config(explicit: str | None = None) -> Config:
     """Read, merge and validate the configuration, from trusted files only."""
     main_file, named = resolve_main_file(explicit)
@@ -364,13 +340,17 @@ def load_config(explicit: str | None = None) -> Config:
     files = config_files(main_file, owners)
     key = cache_key(files)
     raw = read_cached(main_file, key)
+    fresh = raw is None
     if raw is None:
         raw = {}
         for path in files:
             settings = _read_toml(path)
             validate(settings, path)  # errors name the file that holds the key
             raw.update(settings)
-        write_cached(main_file, key, raw)
     typed = validate(raw, main_file)
     check_merged(typed, main_file)
-    return Config(**typed, sources=tuple(files))
+    config = Config(**typed, sources=tuple(files))
+    if fresh:  # only what passed every check is cached
+        facility = SYSLOG_FACILITIES[config.syslog_facility]
+        write_cached(main_file, key, raw, client_view(config, facility))
+    return config

@@ -6,6 +6,10 @@ listen, take the run lock (not for `del`: a withdrawal never waits, see
 run_lock.py), read pgpool's state, decide (decision.py, pure), apply
 (announcement.py or pgpool_status.py), and write the one log line. Every failure
 becomes an exit code from errors.py.
+
+In the guarded wiring, main.py sends `add` and `del` to guard_client.py before
+this module is imported; they come here only when the compiled configuration
+cannot answer, and then go to the guard from here (guard_client.exchange).
 """
 
 from pgpool_anycast_hook.config import Config
@@ -20,7 +24,7 @@ from pgpool_anycast_hook.decision import (
 )
 from pgpool_anycast_hook.errors import NotReady, file_errors
 from pgpool_anycast_hook.hook_argv import HookArgs
-from pgpool_anycast_hook.logged_run import run_logged
+from pgpool_anycast_hook.logged_run import run_logged, start_fields
 from pgpool_anycast_hook.run_log import SEVERITY_INFO, RunLog
 
 
@@ -84,7 +88,9 @@ def run_hook(args: HookArgs) -> int:
 
     def body(config: Config, log: RunLog) -> int:
         if config.mode == "guarded" and event.verb is not Verb.CLEAN:
-            return ask_the_guard(config, args, log)
+            from pgpool_anycast_hook.guard_client import exchange
+
+            return exchange(args, config.guard_socket, config.pgpool_conf, log)
         if not config.addresses:
             decision = decide(event, False, config.primary_node_id, PgpoolState(True, False))
             log.set(decision=decision.outcome.value, reason=decision.reason, changed="none")
@@ -102,7 +108,7 @@ def run_hook(args: HookArgs) -> int:
 
         mark = withdrawal_mark(config.state_dir)
         if args.wait_ready:
-            wait_for_pgpool(config, args.wait_ready, log)
+            wait_for_pgpool(config.pgpool_conf, args.wait_ready, log)
         with run_lock(config.lock_path, config.lock_timeout):
             state = read_state(config, event, log)
             decision = decide(event, True, config.primary_node_id, state)
@@ -113,30 +119,16 @@ def run_hook(args: HookArgs) -> int:
             log.emit(SEVERITY_INFO, result="dry-run" if args.dry_run else "ok", exit=0)
         return 0
 
-    start: dict[str, object] = {"node": args.node}
-    if args.old_primary is not None:
-        start["old_primary"] = args.old_primary
-    return run_logged(args.verb, args.config_path, body, lambda _: args.wait_ready, fields=start)
+    fields = start_fields(args)
+    return run_logged(args.verb, args.config_path, body, lambda _: args.wait_ready, fields=fields)
 
 
-def ask_the_guard(config: Config, args: HookArgs, log: RunLog) -> int:
-    """Guarded wiring: the guard decides and acts; its answer makes the line and the code."""
-    from pgpool_anycast_hook.guard_client import ask_guard
-
-    request = {"verb": args.verb, "node": args.node, "old_primary": args.old_primary,
-               "dry_run": args.dry_run}  # fmt: skip
-    if args.wait_ready:
-        wait_for_pgpool(config, args.wait_ready, log)
-    code, fields = ask_guard(config.guard_socket, request)
-    log.set(mode="guarded", **{str(k): v for k, v in fields.items() if k not in ("exit", "action")})
-    return code
-
-
-def wait_for_pgpool(config: Config, seconds: float, log: RunLog) -> None:
+def wait_for_pgpool(pgpool_conf: str, seconds: float, log: RunLog) -> None:
+    """`add --wait-ready`: wait until pgpool listens, at most `seconds`."""
     from pgpool_anycast_hook.pgpool_conf import read_pgpool_conf
     from pgpool_anycast_hook.pgpool_process import wait_until_listening
 
-    settings = read_pgpool_conf(config.pgpool_conf)
+    settings = read_pgpool_conf(pgpool_conf)
     endpoint = wait_until_listening(settings, seconds)
     if endpoint is None:
         raise NotReady(

@@ -775,16 +775,54 @@ def test_a_stopped_guard_is_exit_76_within_the_deadline(bed: Bed) -> None:
     assert run.elapsed < 5.0 + 1.0, run  # within `deadline`
 
 
+def imported_by(run: Run) -> list[str]:
+    """The modules a run under `python -X importtime` imported, in order."""
+    return [line.rsplit("|", 1)[-1].strip() for line in run.stderr.splitlines()
+            if line.startswith("import time:")]  # fmt: skip
+
+
+# Never on the client's path: netlink, click, psutil; nor, with the compiled
+# configuration, config.py, hook.py and the standard modules that cost the most.
+NOT_FOR_THE_CLIENT = ("pyroute2", "click", "psutil", "pgpool_anycast_hook.netlink_socket",
+                      "pgpool_anycast_hook.announcement")  # fmt: skip
+NOT_WITH_THE_CACHE = ("pgpool_anycast_hook.config", "pgpool_anycast_hook.hook", "tomllib",
+                      "ipaddress", "typing", "socket", "json", "threading", "enum", "re",
+                      "signal")  # fmt: skip
+
+
 def test_the_client_imports_neither_netlink_nor_click(bed: Bed) -> None:
-    _guard, _pgpool = start_announced(bed)
+    _guard, _pgpool = start_announced(bed)  # the guard, root, wrote the compiled configuration
     run = bed.run("del", "0", python=(sys.executable, "-X", "importtime"))
     assert run.returncode == 0, run
     assert not present(bed.netns)
-    imported = [line.rsplit("|", 1)[-1].strip() for line in run.stderr.splitlines()
-                if line.startswith("import time:")]  # fmt: skip
+    imported = imported_by(run)
     assert len(imported) > 20 and "pgpool_anycast_hook.guard_client" in imported, imported[-20:]
-    heavy = [m for m in imported if m.split(".")[0] in ("pyroute2", "click", "psutil")]
+    heavy = [
+        m for m in imported if m.split(".")[0] in NOT_FOR_THE_CLIENT or m in NOT_FOR_THE_CLIENT
+    ]
     assert heavy == [], heavy
+    skipped = [
+        m for m in imported if m.split(".")[0] in NOT_WITH_THE_CACHE or m in NOT_WITH_THE_CACHE
+    ]
+    assert skipped == [], skipped
+    assert fields_of(run.lines()[-1])["mode"] == "guarded", run.stderr
+
+
+def test_without_the_compiled_configuration_the_client_still_asks_the_guard(bed: Bed) -> None:
+    """No usable cache (here: none at all): hook.py reads the files and sends the request."""
+    _guard, _pgpool = start_announced(bed)
+    no_cache = ("env", f"{CACHE_ENV}={bed.root / 'no-cache-here'}")
+    run = bed.run("del", "0", prefix=no_cache, python=(sys.executable, "-X", "importtime"))
+    assert run.returncode == 0, run
+    assert not present(bed.netns)
+    imported = imported_by(run)
+    assert "pgpool_anycast_hook.config" in imported and "tomllib" in imported, imported[-30:]
+    heavy = [
+        m for m in imported if m.split(".")[0] in NOT_FOR_THE_CLIENT or m in NOT_FOR_THE_CLIENT
+    ]
+    assert heavy == [], heavy
+    line = fields_of(run.lines()[-1])
+    assert line["mode"] == "guarded" and line["changed"] == f"-{ANYCAST}", run.stderr
 
 
 # -- 7. SIGHUP -------------------------------------------------------------------------------
