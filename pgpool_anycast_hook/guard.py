@@ -36,7 +36,7 @@ import time
 from typing import Any
 
 from pgpool_anycast_hook import guard_netlink, policy
-from pgpool_anycast_hook.check_state import CheckState, Health, next_state
+from pgpool_anycast_hook.check_state import CheckState, Health
 from pgpool_anycast_hook.config import SYSLOG_FACILITIES, Address, Config, load_config
 from pgpool_anycast_hook.decision import HookEvent, Outcome, PgpoolState, Verb, decide
 from pgpool_anycast_hook.errors import ExitCode, HookError, file_errors
@@ -44,6 +44,8 @@ from pgpool_anycast_hook.guard_state import (
     Action,
     GuardState,
     Phase,
+    counted,
+    first_count,
     hold_down_left,
     initial,
     owed_withdrawal,
@@ -96,6 +98,7 @@ class Guard:
         self.state = initial(bool(present) and all(present.values()), None)
         self.state = self._earlier_hold_down(self.state)
         self.health = CheckState()
+        self.starting = False  # a new pgpool owing no failure: see first_count
         self.pgpool_pid: int | None = None
         self.pidfd: int | None = None
         self.probes: dict[int, SslProbe] = {}  # in flight, by the descriptor polled for each
@@ -296,11 +299,7 @@ class Guard:
         self.pgpool_pid, self.pidfd = pid, fd
         self.poller.register(fd, select.POLLIN)
         self.event_withdrawn = False  # a new pgpool: its pgpool_status tells the rest
-        self.health = (
-            CheckState(Health.INIT)
-            if self.state.phase is Phase.ADOPTING
-            else (CheckState(Health.DOWN))
-        )
+        self.health, self.starting = first_count(self.state)
         self.log(SEVERITY_INFO, event="pgpool-found", pgpool_pid=pid)
 
     def pgpool_died(self) -> None:
@@ -309,7 +308,7 @@ class Guard:
         self.poller.unregister(self.pidfd)
         os.close(self.pidfd)
         pid, self.pidfd, self.pgpool_pid = self.pgpool_pid, None, None
-        self.health = CheckState(Health.DOWN)
+        self.health, self.starting = CheckState(Health.DOWN), False
         self.evaluate("pgpool exited")
         self._stop_probes()
         self.log(SEVERITY_WARNING, event="pgpool-exited", pgpool_pid=pid)
@@ -344,8 +343,8 @@ class Guard:
             return
         probe.close()
         before = self.health
-        self.health = next_state(
-            before, result.ok, False, self.config.check_rise, self.config.check_fall
+        self.health, self.starting = counted(
+            before, self.starting, result.ok, self.config.check_rise, self.config.check_fall
         )
         if self.health.health is not before.health:
             self.log(SEVERITY_INFO if result.ok else SEVERITY_WARNING, event="probe",

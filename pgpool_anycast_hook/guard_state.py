@@ -27,6 +27,8 @@ says present, the hold-down runs), ADOPTING (present, waiting for the first prob
 from enum import StrEnum
 from typing import Any, NamedTuple
 
+from pgpool_anycast_hook.check_state import CheckState, Health, next_state
+
 
 class Phase(StrEnum):
     ANNOUNCED = "ANNOUNCED"
@@ -83,6 +85,29 @@ def step(state: GuardState, now: float, present: bool, probe_known: bool, hold_d
     if state.withdrawn_at is None or now - wanted_since >= hold_down:
         return Step(GuardState(Phase.ANNOUNCED, state.withdrawn_at, wanted_since), Action.ANNOUNCE)
     return Step(GuardState(Phase.HOLDING_DOWN, state.withdrawn_at, wanted_since), Action.WAIT)
+
+
+def first_count(state: GuardState) -> tuple[CheckState, bool]:
+    """The probe count for a pgpool the guard starts to follow, and whether it is starting.
+
+    - ADOPTING: INIT; the addresses stay up while the first probe is out.
+    - No failure owed (a planned stop, a boot): DOWN, but starting. Probes that fail
+      while pgpool starts are not counted, and its first answer is UP at once, the
+      way `add --wait-ready` waits for it.
+    - After a failure: DOWN, and it must rise `check_rise` answers (and the hold-down).
+    """
+    if state.phase is Phase.ADOPTING:
+        return CheckState(Health.INIT), False
+    return CheckState(Health.DOWN), state.withdrawn_at is None
+
+
+def counted(
+    health: CheckState, starting: bool, ok: bool, rise: int, fall: int
+) -> tuple[CheckState, bool]:
+    """One probe result counted: (the new count, still starting)."""
+    if starting:
+        return (CheckState(Health.UP), False) if ok else (health, True)
+    return next_state(health, ok, False, rise, fall), False
 
 
 def withdrawn(state: GuardState, now: float, planned: bool) -> GuardState:

@@ -5,10 +5,13 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pgpool_anycast_hook.check_state import CheckState, Health, next_state
 from pgpool_anycast_hook.guard_state import (
     Action,
     GuardState,
     Phase,
+    counted,
+    first_count,
     hold_down_left,
     initial,
     lease_left,
@@ -179,3 +182,40 @@ def test_a_guard_that_hung_announced_owes_a_hold_down_from_its_lease_end() -> No
         owed_withdrawal({"phase": "ANNOUNCED", "renewed_at": True, "lease": 3}, 1.0, 5.0, 3.0)
         is None
     )
+
+
+@given(
+    phase=st.sampled_from(list(Phase)),
+    withdrawn_at=st.none() | st.floats(0.0, 9.0),
+    results=st.lists(st.booleans(), max_size=12),
+    rise=st.integers(1, 4),
+    fall=st.integers(1, 4),
+)
+def test_a_new_pgpool_rises_at_its_first_answer_only_when_no_failure_is_owed(
+    phase: Phase, withdrawn_at: float | None, results: list[bool], rise: int, fall: int
+) -> None:
+    """Owed a failure (or adopting): exactly check_state's count. Otherwise: DOWN until
+    the first answer, UP at it, and check_state's count from there on."""
+    health, starting = first_count(GuardState(phase, withdrawn_at, None))
+    plain = health  # the same results counted by check_state alone
+    started = not starting
+    for ok in results:
+        health, starting = counted(health, starting, ok, rise, fall)
+        if started:
+            plain = next_state(plain, ok, False, rise, fall)
+        elif ok:
+            started, plain = True, CheckState(Health.UP)
+        assert health == plain
+        assert starting is not started
+
+
+def test_after_a_planned_stop_the_failures_while_pgpool_starts_do_not_count() -> None:
+    health, starting = first_count(GuardState(Phase.WITHDRAWN, None, None))
+    for _ in range(5):  # refused while pgpool starts
+        health, starting = counted(health, starting, False, 2, 3)
+        assert starting and health.health is Health.DOWN
+    health, starting = counted(health, starting, True, 2, 3)
+    assert health.health is Health.UP and not starting
+    after_crash, starting = first_count(GuardState(Phase.WITHDRAWN, 10.0, None))
+    after_crash, _ = counted(after_crash, starting, True, 2, 3)
+    assert after_crash.health is Health.RISING  # a failure is owed: rise again
