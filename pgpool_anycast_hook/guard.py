@@ -7,7 +7,8 @@ itself, watches:
 
 - a pidfd on pgpool's main process (pgpool_pidfd.py): readable the moment pgpool
   dies, and the addresses go at once, before systemd starts its stop sequence;
-- the control socket: requests from root and pgpool's user only (SO_PEERCRED);
+- the control socket (guard_control.py): requests from root and pgpool's user only
+  (SO_PEERCRED), one message and one answer each;
 - probes of pgpool (pgpool_probe.SslProbe, non-blocking): a new one every
   `interval`, beside those still waiting for an answer, with check_rise/check_fall
   counts (check_state.py). So a hung pgpool fails one probe per interval once the
@@ -30,8 +31,6 @@ import json
 import os
 import select
 import signal
-import socket
-import struct
 import time
 from typing import Any
 
@@ -39,7 +38,8 @@ from pgpool_anycast_hook import guard_netlink, policy
 from pgpool_anycast_hook.check_state import CheckState, Health
 from pgpool_anycast_hook.config import SYSLOG_FACILITIES, Address, Config, load_config
 from pgpool_anycast_hook.decision import HookEvent, Outcome, PgpoolState, Verb, decide
-from pgpool_anycast_hook.errors import ExitCode, HookError, file_errors
+from pgpool_anycast_hook.errors import ExitCode, HookError
+from pgpool_anycast_hook.guard_control import ControlSocket
 from pgpool_anycast_hook.guard_state import (
     Action,
     GuardState,
@@ -67,11 +67,6 @@ from pgpool_anycast_hook.run_log import (
     write_nonblocking,
 )
 
-MAX_REQUEST = 4096
-MAX_CLIENTS = 32
-CLIENT_SECONDS = 1.0
-_UCRED = struct.Struct("3i")
-
 
 def notify(message: str) -> None:
     """sd_notify(3) through python3-systemd; nothing outside systemd."""
@@ -86,8 +81,8 @@ class Guard:
     def __init__(self, config_path: str | None) -> None:
         self.config_path = config_path
         self.config, self.settings = self._read_configuration()
-        self.clients: dict[int, tuple[socket.socket, float, bool, int]] = {}  # conn, until, ok, uid
-        self.server = self._listen()
+        self.poller = select.poll()
+        self.control = ControlSocket(self.config.guard_socket, self.poller)
         # Ready once the socket listens: pgpool may start now (the unit orders it after
         # the guard), and a request it sends before the loop runs waits in the backlog.
         # pyroute2's import and the first dump then overlap pgpool's own start.
@@ -107,8 +102,6 @@ class Guard:
         self.renewed_at: float | None = None
         self.failing = ""  # the last netlink failure logged, to log each one once
         self.signals: list[int] = []  # signal numbers, handled in the loop
-        self.poller = select.poll()
-        self.poller.register(self.server.fileno(), select.POLLIN)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.poller.register(self._wake_r, select.POLLIN)
         self.next_tick = time.monotonic()
@@ -164,73 +157,7 @@ class Guard:
             changed += [f"+{a}" for a in added if f"+{a}" not in changed]
         self.log(SEVERITY_INFO, event="reload", result="ok", changed=",".join(changed) or "none")
 
-    # -- the control socket ------------------------------------------------------------
-
-    def _listen(self) -> socket.socket:
-        path = self.config.guard_socket
-        server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-        try:
-            if os.path.exists(path) and not os.path.islink(path):
-                os.unlink(path)  # a socket left by the previous guard
-        except OSError:
-            pass
-        old = os.umask(0o111)  # rw for all; SO_PEERCRED decides who is heard
-        try:
-            with file_errors(f"bind the guard's socket {path}"):
-                server.bind(path)
-        finally:
-            os.umask(old)
-        server.listen(MAX_CLIENTS)
-        server.setblocking(False)
-        return server
-
-    def accept(self) -> None:
-        try:
-            conn, _ = self.server.accept()
-        except OSError:
-            return
-        conn.setblocking(False)
-        _pid, uid, _gid = _UCRED.unpack(
-            conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
-        )
-        if len(self.clients) >= MAX_CLIENTS:
-            conn.close()  # the client sees a reset: unreachable for now, exit 76
-            return
-        allowed = uid in self._client_uids()
-        self.clients[conn.fileno()] = (conn, time.monotonic() + CLIENT_SECONDS, allowed, uid)
-        self.poller.register(conn.fileno(), select.POLLIN)
-
-    def serve(self, fd: int) -> None:
-        conn, _until, allowed, uid = self.clients.pop(fd)
-        self.poller.unregister(fd)
-        code: int
-        fields: dict[str, object]
-        try:
-            request = json.loads(conn.recv(MAX_REQUEST))
-            if allowed:
-                code, fields = self.handle(request)
-            else:  # answered after reading, so the client reads the refusal
-                code = ExitCode.NOPERM
-                fields = {
-                    "result": "permission-denied",
-                    "error": f"uid {uid} may not ask the guard",
-                }
-        except (OSError, ValueError, TypeError, KeyError) as error:
-            code = ExitCode.USAGE
-            fields = {"result": "usage-error", "error": f"bad request: {error}"}
-        self._reply(conn, code, fields)
-        conn.close()
-
-    def _reply(self, conn: socket.socket, code: int, fields: dict[str, object]) -> None:
-        with contextlib.suppress(OSError):  # a client that left: nothing to tell
-            conn.send(json.dumps({"exit": int(code), "fields": fields}).encode())
-
-    def drop_late_clients(self, now: float) -> None:
-        for fd, (conn, until, _allowed, _uid) in list(self.clients.items()):
-            if now > until:
-                self.poller.unregister(fd)
-                del self.clients[fd]
-                conn.close()
+    # -- requests -------------------------------------------------------------------
 
     def handle(self, request: dict[str, Any]) -> tuple[int, dict[str, object]]:
         """One event from pgpool, systemd or an operator: add, del or drain."""
@@ -491,10 +418,10 @@ class Guard:
             for fd, _events in self.poller.poll(wait * 1000):
                 if fd == self.pidfd:
                     self.pgpool_died()
-                elif fd == self.server.fileno():
-                    self.accept()
-                elif fd in self.clients:
-                    self.serve(fd)
+                elif fd == self.control.fileno():
+                    self.control.accept(self._client_uids())
+                elif fd in self.control.clients:
+                    self.control.serve(fd, self.handle)
                 elif fd in self.probes:
                     self.poke_probe(self.probes[fd], time.monotonic())
                 elif fd == self._wake_r:
@@ -508,7 +435,7 @@ class Guard:
             now = time.monotonic()
             for probe in [p for p in self.probes.values() if now >= p.deadline]:
                 self.poke_probe(probe, now)
-            self.drop_late_clients(now)
+            self.control.drop_late(now)
             if now >= self.next_tick:
                 self.next_tick = now + self.config.interval
                 self.follow_pgpool()
