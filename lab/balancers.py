@@ -184,19 +184,15 @@ class Balancer:
 
     def signal_guard(self, signum: int) -> float:
         """Send `signum` to the guard from the host; returns time.monotonic() of the send."""
-        inside = self.guard_main_pid()
-        if inside <= 0:
-            raise RuntimeError(f"{self.name}: {GUARD_UNIT} is not running")
-        host_pid = host_pid_of(self.box.pid1, inside)
-        sent_at = time.monotonic()
-        os.kill(host_pid, signum)
-        return sent_at
+        return self._signal_main(GUARD_UNIT, self.guard_main_pid(), signum)
 
     def signal_pgpool(self, signum: int) -> float:
         """Send `signum` to pgpool's main process from the host; returns when it was sent."""
-        inside = self.pgpool_main_pid()
+        return self._signal_main("pgpool2", self.pgpool_main_pid(), signum)
+
+    def _signal_main(self, unit: str, inside: int, signum: int) -> float:
         if inside <= 0:
-            raise RuntimeError(f"{self.name}: pgpool2 is not running")
+            raise RuntimeError(f"{self.name}: {unit} is not running")
         host_pid = host_pid_of(self.box.pid1, inside)
         sent_at = time.monotonic()
         os.kill(host_pid, signum)
