@@ -29,6 +29,7 @@ import os
 from pgpool_anycast_hook import __version__
 from pgpool_anycast_hook.config_trust import check_trusted, trusted_owners
 from pgpool_anycast_hook.errors import ConfigError
+from pgpool_anycast_hook.safe_files import read_regular
 
 DEFAULT_CONFIG = "/etc/pgpool-anycast-hook/config.toml"
 CONFIG_ENV = "PGPOOL_ANYCAST_HOOK_CONFIG"
@@ -102,29 +103,12 @@ def _read_record(main_file: str, key: tuple[object, ...]) -> dict[object, object
     if not os.path.lexists(path) or not _trusted(path):
         return None
     try:
-        cached = marshal.loads(_read_trusted(path))
+        cached = marshal.loads(read_regular(path, MAX_CACHE_BYTES))
     except (OSError, ValueError, EOFError, TypeError):
         return None
     if not isinstance(cached, dict) or cached.get("key") != key:
         return None
     return cached
-
-
-def _read_trusted(path: str) -> bytes:
-    """The bytes of a cache file _trusted() accepted.
-
-    Only root can change that file and every directory above it, so nothing can be
-    planted there (the reason safe_files.py exists); O_NOFOLLOW and O_NONBLOCK are
-    kept anyway. A file over MAX_CACHE_BYTES is refused as a ValueError.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
-    try:
-        data = os.read(fd, MAX_CACHE_BYTES + 1)
-    finally:
-        os.close(fd)
-    if len(data) > MAX_CACHE_BYTES:
-        raise ValueError(f"{path}: over {MAX_CACHE_BYTES} bytes")
-    return data
 
 
 def read_cached(main_file: str, key: tuple[object, ...]) -> dict[str, object] | None:

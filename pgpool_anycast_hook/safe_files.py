@@ -18,7 +18,6 @@ Errors are OSErrors; a refused link or a non-regular file is an UnsafeFile, whos
 message says which.
 """
 
-import contextlib
 import errno
 import os
 import stat
@@ -103,10 +102,21 @@ def replace_file(path: str, data: bytes, mode: int) -> None:
             os.fsync(handle.fileno())
         os.rename(temporary, path)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
+        _unlink_quietly(temporary)
         raise
     fsync_directory(directory)
+
+
+def _unlink_quietly(path: str) -> None:
+    """Undo a half-made name; an error here must not hide the one being raised.
+
+    contextlib is imported here, on the failure path only: reading through this
+    module is on the guarded client's path (config_cache.py), which stays lean.
+    """
+    import contextlib
+
+    with contextlib.suppress(OSError):
+        os.unlink(path)
 
 
 def move_aside(path: str, target: str) -> None:
@@ -119,8 +129,7 @@ def move_aside(path: str, target: str) -> None:
     try:
         os.unlink(path)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(target)
+        _unlink_quietly(target)
         raise
     fsync_directory(os.path.dirname(path))
 
