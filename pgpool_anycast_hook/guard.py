@@ -81,6 +81,7 @@ class Guard:
     def __init__(self, config_path: str | None) -> None:
         self.config_path = config_path
         self.config, self.settings = self._read_configuration()
+        self._resolve_users()
         self.poller = select.poll()
         self.control = ControlSocket(self.config.guard_socket, self.poller)
         # Ready once the socket listens: pgpool may start now (the unit orders it after
@@ -125,22 +126,28 @@ class Guard:
         config = load_config(self.config_path)
         return config, read_pgpool_conf(config.pgpool_conf)
 
-    def _client_uids(self) -> set[int]:
+    def _resolve_users(self) -> None:
+        """The uids of guard_clients (and pgpool's, the first), looked up once per
+        configuration: a lookup may go to a slow name service, and the loop, which
+        also watches pgpool's pidfd, must not wait on one for every request."""
         import pwd
 
         uids = {0}
         for name in self.config.guard_clients:
             with contextlib.suppress(KeyError):
                 uids.add(pwd.getpwnam(name).pw_uid)
-        return uids
-
-    def _pgpool_uid(self) -> int | None:
-        import pwd
-
+        self.client_uids = uids
         try:
-            return pwd.getpwnam(self.config.guard_clients[0]).pw_uid
+            self.pgpool_uid: int | None = pwd.getpwnam(self.config.guard_clients[0]).pw_uid
         except (KeyError, IndexError):
-            return None
+            self.pgpool_uid = None
+
+    def _hears(self, uid: int) -> bool:
+        """Is `uid` root or one of guard_clients? Looked up again only for a stranger
+        (a user created since), so refusals stay exact and the others cost nothing."""
+        if uid not in self.client_uids:
+            self._resolve_users()
+        return uid in self.client_uids
 
     def reload(self) -> None:
         try:
@@ -152,6 +159,7 @@ class Guard:
         added = [a for a in config.addresses if a not in self.config.addresses]
         changed = self.withdraw_addresses(removed)
         self.config, self.settings = config, settings
+        self._resolve_users()  # guard_clients may have changed: who is heard, at once
         changed += self.evaluate("reload")
         if self.state.phase in (Phase.ANNOUNCED, Phase.ADOPTING):
             changed += [f"+{a}" for a in added if f"+{a}" not in changed]
@@ -218,7 +226,9 @@ class Guard:
         """Find pgpool's main process when the guard holds no pidfd on one."""
         if self.pidfd is not None:
             return
-        uid = self._pgpool_uid()
+        if self.pgpool_uid is None:  # pgpool's user may be created after the guard started
+            self._resolve_users()
+        uid = self.pgpool_uid
         pid = find_main_pid(self.settings.pid_file, uid)
         fd = open_pidfd(pid, uid) if pid is not None else None
         if fd is None:
@@ -419,7 +429,7 @@ class Guard:
                 if fd == self.pidfd:
                     self.pgpool_died()
                 elif fd == self.control.fileno():
-                    self.control.accept(self._client_uids())
+                    self.control.accept(self._hears)
                 elif fd in self.control.clients:
                     self.control.serve(fd, self.handle)
                 elif fd in self.probes:

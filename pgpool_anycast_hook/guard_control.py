@@ -45,7 +45,8 @@ class ControlSocket:
     def fileno(self) -> int:
         return self.server.fileno()
 
-    def accept(self, heard_uids: set[int]) -> None:
+    def accept(self, hears: Callable[[int], bool]) -> None:
+        """Take one connection; `hears(uid)` says whether its requests are heard."""
         try:
             conn, _ = self.server.accept()
         except OSError:
@@ -58,7 +59,7 @@ class ControlSocket:
             conn.close()  # the client sees a reset: unreachable for now, exit 76
             return
         until = time.monotonic() + CLIENT_SECONDS
-        self.clients[conn.fileno()] = Client(conn, until, uid, uid in heard_uids)
+        self.clients[conn.fileno()] = Client(conn, until, uid, hears(uid))
         self.poller.register(conn.fileno(), select.POLLIN)
 
     def serve(self, fd: int, handle: Handler) -> None:
