@@ -101,8 +101,10 @@ def drain(config: Config, node: int | None, dry_run: bool, log: RunLog) -> int:
     if config.mode == "guarded":
         from pgpool_anycast_hook.guard_client import ask_guard
 
-        _code, fields = ask_guard(config.guard_socket, {"verb": "drain", "dry_run": dry_run})
-        log.set(mode="guarded", **{k: v for k, v in fields.items() if k not in ("result", "exit")})
+        code, fields = ask_guard(config.guard_socket, {"verb": "drain", "dry_run": dry_run})
+        log.set(mode="guarded", **{k: v for k, v in fields.items() if k not in ("exit", "action")})
+        if code:  # refused or failed: nothing was withdrawn, so there is nothing to wait for
+            return code
     else:
         changed = announcement.withdraw(config, dry_run, keep_serving=True)  # never waits
         log.set(decision="withdraw", changed=announcement.changed_field(changed),

@@ -732,9 +732,10 @@ def test_drain_withdraws_through_the_guard(bed: Bed) -> None:
     assert holds_throughout(lambda: not present(bed.netns), 2 * HOLD_DOWN), bed.diagnostics()
 
 
-def test_a_user_not_in_guard_clients_is_refused(bed: Bed) -> None:
+@pytest.mark.parametrize("verb", ["del", "drain"])
+def test_a_user_not_in_guard_clients_is_refused(bed: Bed, verb: str) -> None:
     _guard, _pgpool = start_announced(bed)
-    refused = bed.run("del", "0", prefix=AS_NOBODY)
+    refused = bed.run(verb, "0", prefix=AS_NOBODY)
     assert refused.returncode == 77, refused
     assert present(bed.netns), "nobody withdrew the address"
     assert "may not ask the guard" in refused.stderr and "Traceback" not in refused.stderr
