@@ -16,9 +16,11 @@ stamp=/var/lib/pgpool-anycast-hook-dev.apt-stamp
 apt_packages=(
     # the hook's runtime dependencies, as Debian ships them (the .deb's Depends)
     python3 python3-venv python3-pip python3-click python3-pyroute2 python3-psutil python3-systemd
+    python3-psycopg python3-prometheus-client
     python3-pytest python3-hypothesis
     # real components the tests drive
     iproute2 procps util-linux libcap2-bin pgpool2 postgresql postgresql-contrib frr
+    prometheus-node-exporter
     debootstrap systemd-container zstd
     # building and checking the .deb
     debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools

@@ -45,6 +45,9 @@ PACKAGES = (
     "python3-pyroute2",
     "python3-psutil",
     "python3-systemd",
+    "python3-psycopg",
+    "python3-prometheus-client",
+    "prometheus-node-exporter",
     "frr",
     "iputils-ping",
 )
