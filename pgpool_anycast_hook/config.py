@@ -45,7 +45,8 @@ class Config(NamedTuple):
     interface: str = "lo"
     addresses: tuple[Address, ...] = ()
     allow_wide_prefixes: bool = False  # addresses may be up to /24 or /64 (check_merged)
-    primary_node_id: int = 0
+    primary_node_id: int | None = 0  # None: "auto", the primary pgpool reports (guarded only)
+    announce_when: str = "primary"  # or "any-backend" (policy.py; guarded only)
     pgpool_conf: str = "/etc/pgpool2/pgpool.conf"
     status_file: str = ""  # empty: found through pgpool.conf (work_dir or logdir)
     syslog_address: str = "/dev/log"
@@ -68,6 +69,17 @@ class Config(NamedTuple):
     interval: float = 0.5  # guard: seconds between probes and lease renewals
     lease: float = 10.0  # guard: lifetime of an announced address unless renewed
     hold_down: float = 5.0  # guard: continuous health needed to announce after a withdrawal
+    query_pool_nodes: bool = False  # guard: ask SHOW POOL_NODES even when the policy does not
+    pgpool_user: str = "pgpool_anycast"  # the guard's role for SHOW POOL_NODES
+    pgpool_database: str = "postgres"
+    pgpool_passfile: str = "/etc/pgpool-anycast-hook/pgpass"  # libpq's passfile
+    pgpool_service: str = ""  # a libpq service name (pg_service.conf), if any
+    pool_nodes_timeout: float = 0.25  # connect and answer, per query
+    pool_nodes_misses: int = 6  # unanswered queries in a row before pgpool's view is lost
+    metrics_file: str = "/run/pgpool-anycast-hook/metrics.prom"  # empty: no metrics
+    on_change: tuple[str, ...] = ()  # argv run after each transition (none: empty)
+    on_change_timeout: float = 10.0
+    on_change_max_running: int = 2
     sources: tuple[str, ...] = ()  # files that were read, for check-config
 
     @property
@@ -183,10 +195,39 @@ def _address(item: str) -> Address:
     return address
 
 
-def _node_id(key: str, value: Any) -> int:
+def _node_id(key: str, value: Any) -> int | None:
+    if value == "auto":
+        return None
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 127:
-        raise ValueError("must be an integer from 0 to 127")
+        raise ValueError('must be an integer from 0 to 127, or "auto"')
     return value
+
+
+def _one_of(*choices: str) -> Callable[[str, Any], str]:
+    def check(key: str, value: Any) -> str:
+        text = _string(key, value)
+        if text not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return text
+
+    return check
+
+
+def _word(key: str, value: Any) -> str:
+    """A libpq role, database or service name: printable, no blanks or quotes."""
+    text = _string(key, value)
+    if len(text) > 63 or any(c.isspace() or c in "'\\\"=" or not c.isprintable() for c in text):
+        raise ValueError("must be at most 63 printable characters, without blanks, quotes, = or \\")
+    return text
+
+
+def _argv(key: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or len(value) > 64:
+        raise ValueError('must be a list of at most 64 strings, e.g. ["/usr/local/bin/notify"]')
+    argv = tuple(_string(key, item) for item in value)
+    if argv and not argv[0].startswith("/"):
+        raise ValueError("must start with an absolute path (no PATH lookup, no shell)")
+    return argv
 
 
 def _facility(key: str, value: Any) -> str:
@@ -266,6 +307,18 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "interval": _seconds(0.05, 10.0),
     "lease": _seconds(2.0, 3600.0),
     "hold_down": _seconds(0.0, 600.0),
+    "announce_when": _one_of("primary", "any-backend"),
+    "query_pool_nodes": _flag,
+    "pgpool_user": _word,
+    "pgpool_database": _word,
+    "pgpool_passfile": _path,
+    "pgpool_service": _word,
+    "pool_nodes_timeout": _seconds(0.05, 10.0),
+    "pool_nodes_misses": _count,
+    "metrics_file": _path,
+    "on_change": _argv,
+    "on_change_timeout": _seconds(0.1, 3600.0),
+    "on_change_max_running": _count,
 }
 
 
@@ -315,6 +368,22 @@ def check_merged(typed: dict[str, Any], source: str) -> None:
         raise ConfigError(
             f"{source}: lease {lease:g} must be at least twice interval {interval:g}, "
             "or the guard's renewals could not keep the addresses up"
+        )
+    defaults = Config()
+    mode = typed.get("mode", defaults.mode)
+    auto = "primary_node_id" in typed and typed["primary_node_id"] is None
+    any_backend = typed.get("announce_when", defaults.announce_when) != "primary"
+    if (auto or any_backend) and mode != "guarded":
+        what = 'primary_node_id = "auto"' if auto else 'announce_when = "any-backend"'
+        raise ConfigError(
+            f'{source}: {what} needs mode = "guarded": only the guard asks pgpool for its '
+            "view of the backends (SHOW POOL_NODES), continuously"
+        )
+    timeout: float = typed.get("pool_nodes_timeout", defaults.pool_nodes_timeout)
+    if timeout >= interval:
+        raise ConfigError(
+            f"{source}: pool_nodes_timeout {timeout:g} must be below interval {interval:g}: "
+            "one query per interval"
         )
     wide = typed.get("allow_wide_prefixes", False)
     for address in typed.get("addresses", ()):

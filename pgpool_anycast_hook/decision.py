@@ -3,6 +3,11 @@
 Whether the addresses should be announced is policy.py's answer; this module maps
 pgpool's events onto it. Nothing here touches the system, so every combination can
 be tested exhaustively.
+
+When the guard follows pgpool's own view (primary_node_id = "auto", or announce_when
+= "any-backend"), pgpool's events are hints: the guard asks pgpool again at once
+(REEVALUATE). Only a `del` for the node that is the primary right now still withdraws
+at once, and only where the primary matters (announce_when = "primary").
 """
 
 from enum import StrEnum
@@ -21,6 +26,7 @@ class Outcome(StrEnum):
     ANNOUNCE = "announce"  # make every configured address present
     WITHDRAW = "withdraw"  # make every configured address absent
     SET_ASIDE_STATUS = "set-aside-status"  # move pgpool_status out of pgpool's way
+    REEVALUATE = "reevaluate"  # the guard: probe and ask pgpool now, then decide
     NOTHING = "nothing"
 
 
@@ -35,20 +41,28 @@ class HookEvent(NamedTuple):
     old_primary: int | None = None  # pgpool's %P when passed
 
 
-class PgpoolState(NamedTuple):
+class Situation(NamedTuple):
     primary_usable: bool  # pgpool_status, read with pgpool's rule, lets pgpool use the primary
     hold: bool  # an operator's maintenance hold (`disable`) is set
+    current_primary: int | None = None  # "auto": the primary pgpool reported last, if any
 
 
-def deciding_primary(event: HookEvent, primary_node_id: int) -> int:
-    """`del N P` compares N with pgpool's %P; everything else with the configured primary."""
+def deciding_primary(
+    event: HookEvent, primary_node_id: int | None, current_primary: int | None = None
+) -> int | None:
+    """`del N P` compares N with pgpool's %P; everything else with the configured primary
+    (with "auto", the one pgpool reported last; None when it reported none)."""
     if event.verb is Verb.DEL and event.old_primary is not None:
         return event.old_primary
-    return primary_node_id
+    return current_primary if primary_node_id is None else primary_node_id
 
 
 def decide(
-    event: HookEvent, addresses_configured: bool, primary_node_id: int, state: PgpoolState
+    event: HookEvent,
+    addresses_configured: bool,
+    primary_node_id: int | None,
+    state: Situation,
+    announce_when: str = policy.PRIMARY,
 ) -> Decision:
     """What pgpool's (or systemd's) event means for the addresses.
 
@@ -60,7 +74,14 @@ def decide(
     """
     if not addresses_configured:
         return Decision(Outcome.NOTHING, policy.NO_ADDRESSES)
-    primary = deciding_primary(event, primary_node_id)
+    if primary_node_id is None and event.verb is Verb.CLEAN:
+        return Decision(Outcome.NOTHING, "primary_node_id is auto: pgpool_status is left as is")
+    primary = deciding_primary(event, primary_node_id, state.current_primary)
+    if policy.needs_view(primary_node_id, announce_when) and event.verb is not Verb.CLEAN:
+        if announce_when == policy.PRIMARY and event.verb is Verb.DEL and event.node == primary:
+            going = policy.PRIMARY_GOING_AWAY.format(node=primary)
+            return Decision(Outcome.WITHDRAW, going)
+        return Decision(Outcome.REEVALUATE, f"a hint: pgpool's view decides ({announce_when})")
     if event.node != primary:
         return Decision(Outcome.NOTHING, f"node {event.node} is not the primary ({primary})")
     if event.verb is Verb.CLEAN:

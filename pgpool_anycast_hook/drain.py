@@ -87,14 +87,15 @@ def extra_seconds(config: Config) -> float:
 
 def drain(config: Config, node: int | None, dry_run: bool, log: RunLog) -> int:
     """Exit 0 when drained, TEMPFAIL (75) when clients were still connected at drain_timeout."""
-    node = config.primary_node_id if node is None else node
+    primary = config.primary_node_id  # None: "auto", whichever node is the primary
+    node = (primary or 0) if node is None else node
     log.set(node=node)
     if not config.addresses:
         log.set(decision="nothing", reason="no addresses configured", changed="none")
         return 0
-    if node != config.primary_node_id:
-        log.set(decision="nothing", reason=f"node {node} is not the primary "
-                f"({config.primary_node_id})", changed="none")  # fmt: skip
+    if primary is not None and node != primary:
+        log.set(decision="nothing", reason=f"node {node} is not the primary ({primary})",
+                changed="none")  # fmt: skip
         return 0
     settings = read_pgpool_conf(config.pgpool_conf)
     port = settings.port

@@ -37,7 +37,7 @@ from typing import Any
 from pgpool_anycast_hook import guard_netlink, policy
 from pgpool_anycast_hook.check_state import CheckState, Health
 from pgpool_anycast_hook.config import SYSLOG_FACILITIES, Address, Config, load_config
-from pgpool_anycast_hook.decision import HookEvent, Outcome, PgpoolState, Verb, decide
+from pgpool_anycast_hook.decision import HookEvent, Outcome, Situation, Verb, decide
 from pgpool_anycast_hook.errors import ExitCode, HookError
 from pgpool_anycast_hook.guard_control import ControlSocket
 from pgpool_anycast_hook.guard_state import (
@@ -52,12 +52,14 @@ from pgpool_anycast_hook.guard_state import (
     step,
     withdrawn,
 )
+from pgpool_anycast_hook.guard_view import ViewFollower
 from pgpool_anycast_hook.hold import read_hold
 from pgpool_anycast_hook.pgpool_conf import PgpoolSettings, read_pgpool_conf
 from pgpool_anycast_hook.pgpool_pidfd import find_main_pid, open_pidfd
 from pgpool_anycast_hook.pgpool_probe import SslProbe
 from pgpool_anycast_hook.pgpool_process import endpoints
 from pgpool_anycast_hook.pgpool_status import read_status_file
+from pgpool_anycast_hook.pool_view import PoolView, ViewState, to_record
 from pgpool_anycast_hook.run_log import (
     SEVERITY_INFO,
     SEVERITY_WARNING,
@@ -84,10 +86,12 @@ class Guard:
         self._resolve_users()
         self.poller = select.poll()
         self.control = ControlSocket(self.config.guard_socket, self.poller)
+        self.follower = ViewFollower(self.poller)
         # Ready once the socket listens: pgpool may start now (the unit orders it after
         # the guard), and a request it sends before the loop runs waits in the backlog.
         # pyroute2's import and the first dump then overlap pgpool's own start.
         notify("READY=1")
+        self.follower.configure(self.config, self.settings)  # imports psycopg, if it asks
         self.ipr = guard_netlink.open_route()
         self.index = guard_netlink.interface_index(self.ipr, self.config.interface)
         present = guard_netlink.present_addresses(self.ipr, self.index, self.config.addresses)
@@ -99,6 +103,9 @@ class Guard:
         self.pidfd: int | None = None
         self.probes: dict[int, SslProbe] = {}  # in flight, by the descriptor polled for each
         self.event_withdrawn = False  # pgpool said `del` for the primary; until `add`
+        self.event_withdrawn_at = 0.0  # when; with "auto", a later answer of pgpool ends it
+        self.verdict = policy.Verdict(False, "start", "start")  # the last one, for status
+        self.transitions: dict[str, int] = {}  # by reason code, for the metrics
         self.last_transition = {"at": time.time(), "to": self.state.phase.value, "reason": "start"}
         self.renewed_at: float | None = None
         self.failing = ""  # the last netlink failure logged, to log each one once
@@ -160,6 +167,7 @@ class Guard:
         changed = self.withdraw_addresses(removed)
         self.config, self.settings = config, settings
         self._resolve_users()  # guard_clients may have changed: who is heard, at once
+        self.follower.configure(config, settings)
         changed += self.evaluate("reload")
         if self.state.phase in (Phase.ANNOUNCED, Phase.ADOPTING):
             changed += [f"+{a}" for a in added if f"+{a}" not in changed]
@@ -182,22 +190,29 @@ class Guard:
                 "result": "usage-error",
                 "error": "clean is the hook's, not the guard's",
             }
+        hold = read_hold(self.config.state_dir) is not None
         decision = decide(
             event,
             bool(self.config.addresses),
             self.config.primary_node_id,
-            PgpoolState(self._primary_usable(), read_hold(self.config.state_dir) is not None),
+            Situation(self._primary_usable(), hold, self.follower.view.primary()),
+            self.config.announce_when,
         )
         fields: dict[str, object] = {"decision": decision.outcome.value, "reason": decision.reason}
         if dry_run:
             return ExitCode.OK, {**fields, "phase": self.state.phase.value, "result": "dry-run"}
         changed: list[str] = []
         if decision.outcome is Outcome.WITHDRAW:
-            self.event_withdrawn = True
-            changed = self.withdraw_now(f"{verb} {event.node}: {decision.reason}")
-        elif decision.outcome is Outcome.ANNOUNCE:
-            self.event_withdrawn = False
-            self.start_probe(time.monotonic())  # the rise need not wait for the next tick
+            self.event_withdrawn, self.event_withdrawn_at = True, time.monotonic()
+            self.follower.cancel()  # an answer to a query sent before this must not end it
+            changed = self.withdraw_now(f"{verb} {event.node}: {decision.reason}",
+                                        code="primary-going-away")  # fmt: skip
+        elif decision.outcome in (Outcome.ANNOUNCE, Outcome.REEVALUATE):
+            if decision.outcome is Outcome.ANNOUNCE:
+                self.event_withdrawn = False
+            now = time.monotonic()
+            self.start_probe(now)  # the rise need not wait for the next tick
+            self.view_step(self.follower.start(now))  # nor pgpool's answer
             changed = self.evaluate(f"{verb} {event.node}")
         fields.update(changed=",".join(changed) or "none", phase=self.state.phase.value)
         left = hold_down_left(self.state, time.monotonic(), self.config.hold_down)
@@ -210,7 +225,7 @@ class Guard:
             return ExitCode.OK, {"decision": "withdraw", "result": "dry-run"}
         self.event_withdrawn = True
         changed = self.withdraw_now("drain (planned: no hold-down)", keep_serving=True,
-                                    planned=True)  # fmt: skip
+                                    planned=True, code="drain")  # fmt: skip
         serving = "kept" if self.config.serving_route else "stopped"
         return ExitCode.OK, {"decision": "withdraw", "changed": ",".join(changed) or "none",
                              "serving": serving}  # fmt: skip
@@ -218,6 +233,8 @@ class Guard:
     # -- pgpool ------------------------------------------------------------------
 
     def _primary_usable(self) -> bool:
+        if self.config.primary_node_id is None:  # "auto": pgpool's view answers (policy.py)
+            return False
         path = self.config.status_file or self.settings.status_file
         backends = max(self.settings.num_backends, self.config.primary_node_id + 1)
         return read_status_file(path, backends).node_usable(self.config.primary_node_id)
@@ -248,6 +265,7 @@ class Guard:
         self.health, self.starting = CheckState(Health.DOWN), False
         self.evaluate("pgpool exited")
         self._stop_probes()
+        self.follower.forget()
         self.log(SEVERITY_WARNING, event="pgpool-exited", pgpool_pid=pid)
 
     # -- the probes --------------------------------------------------------------
@@ -302,13 +320,39 @@ class Guard:
             primary_usable=self._primary_usable(),
             primary_node_id=self.config.primary_node_id,
             primary_going_away=self.event_withdrawn,
+            announce_when=self.config.announce_when,
+            view=self.follower.view,
         )
+
+    def view_step(self, before: PoolView | None) -> None:
+        """A query to pgpool ended (`before`: the view until then): log what changed, decide."""
+        if before is None:
+            return
+        view = self.follower.view
+        ended = False
+        if self.event_withdrawn and self.config.primary_node_id is None:
+            started = self.follower.answered_started
+            ended = view.state is ViewState.KNOWN and (started or 0.0) > self.event_withdrawn_at
+            self.event_withdrawn = not ended
+        if view.state is before.state and _shape(view) == _shape(before) and not ended:
+            return
+        fields: dict[str, object] = {
+            "view": f"{before.state.value}->{view.state.value}",
+            "primary": "none" if view.primary() is None else view.primary(),
+            "backends": _shape(view) or "none",
+        }
+        if view.error and view.state is not ViewState.KNOWN:
+            fields["error"] = view.error
+        severity = SEVERITY_INFO if view.state is ViewState.KNOWN else SEVERITY_WARNING
+        self.log(severity, event="pool-nodes", **fields)
+        self.evaluate("pool_nodes")
 
     def evaluate(self, why: str) -> list[str]:
         """One decision: policy.verdict, then guard_state.step, then the action."""
         now = time.monotonic()
-        verdict = policy.verdict(self.facts())
+        verdict = self.verdict = policy.verdict(self.facts())
         probe_known = self.health.health is not Health.INIT
+        probe_known = probe_known and self.follower.view.state is not ViewState.INIT
         before = self.state
         self.state, action = step(before, now, verdict.present, probe_known, self.config.hold_down)
         changed: list[str] = []
@@ -326,18 +370,18 @@ class Guard:
                 self.log(SEVERITY_WARNING, event=action.value, result=error.result,
                          error=str(error))  # fmt: skip
         if self.state.phase is not before.phase:
-            self.transition(f"{why}: {verdict.reason}", changed)
+            self.transition(f"{why}: {verdict.reason}", changed, verdict.code)
         return changed
 
     def withdraw_now(
-        self, reason: str, keep_serving: bool = False, planned: bool = False
+        self, reason: str, keep_serving: bool = False, planned: bool = False, code: str = ""
     ) -> list[str]:
         """An event's withdrawal: make the addresses absent whatever the phase says."""
         changed = self.withdraw_addresses(self.config.addresses, keep_serving)
         before = self.state.phase
         self.state = withdrawn(self.state, time.monotonic(), planned)
         if before is not Phase.WITHDRAWN:
-            self.transition(reason, changed)
+            self.transition(reason, changed, code)
         return changed
 
     def lease_addresses(self, announce: bool) -> list[str]:
@@ -372,9 +416,10 @@ class Guard:
         self.renewed_at = None
         return changed
 
-    def transition(self, reason: str, changed: list[str] | None = None) -> None:
+    def transition(self, reason: str, changed: list[str] | None = None, code: str = "") -> None:
         previous, now = self.last_transition["to"], self.state.phase.value
-        self.last_transition = {"at": time.time(), "to": now, "reason": reason}
+        self.last_transition = {"at": time.time(), "to": now, "reason": reason, "code": code}
+        self.transitions[code] = self.transitions.get(code, 0) + 1
         self.log(SEVERITY_INFO, event="transition", transition=f"{previous}->{now}",
                  reason=reason, changed=",".join(changed or []) or "none")  # fmt: skip
 
@@ -401,6 +446,10 @@ class Guard:
             "renewed_at": self.renewed_at,
             "hold_down_left": round(hold_down_left(self.state, now, self.config.hold_down), 1),
             "last_transition": self.last_transition,
+            "desired": self.verdict.present,
+            "reason": self.verdict.reason,
+            "reason_code": self.verdict.code,
+            "view": to_record(self.follower.view),
             "withdrawn_at_wall": None
             if self.state.withdrawn_at is None
             else time.time() - (now - self.state.withdrawn_at),
@@ -425,6 +474,9 @@ class Guard:
             wait = max(0.0, self.next_tick - now)
             for probe in self.probes.values():
                 wait = min(wait, max(0.0, probe.deadline - now))
+            view_deadline = self.follower.deadline()
+            if view_deadline is not None:
+                wait = min(wait, max(0.0, view_deadline - now))
             for fd, _events in self.poller.poll(wait * 1000):
                 if fd == self.pidfd:
                     self.pgpool_died()
@@ -434,6 +486,8 @@ class Guard:
                     self.control.serve(fd, self.handle)
                 elif fd in self.probes:
                     self.poke_probe(self.probes[fd], time.monotonic())
+                elif self.follower.owns(fd):
+                    self.view_step(self.follower.poke(time.monotonic()))
                 elif fd == self._wake_r:
                     os.read(self._wake_r, 64)
             while self.signals:
@@ -445,11 +499,16 @@ class Guard:
             now = time.monotonic()
             for probe in [p for p in self.probes.values() if now >= p.deadline]:
                 self.poke_probe(probe, now)
+            view_deadline = self.follower.deadline()
+            if view_deadline is not None and now >= view_deadline:
+                self.view_step(self.follower.poke(now, expire_only=True))
             self.control.drop_late(now)
             if now >= self.next_tick:
                 self.next_tick = now + self.config.interval
                 self.follow_pgpool()
                 self.start_probe(now)
+                if self.pidfd is not None:
+                    self.view_step(self.follower.start(now))
                 self.evaluate("tick")
                 self.write_state()
                 notify("WATCHDOG=1")
@@ -472,3 +531,8 @@ def run_guard(config_path: str | None) -> int:
     except HookError as error:
         write_nonblocking(STDERR, f"pgpool-anycast-hook: guard: {error}\n".encode())
         return int(error.exit_code)
+
+
+def _shape(view: PoolView) -> str:
+    """The backends as a log field: "0:up/primary,1:down/standby"."""
+    return ",".join(f"{n.node_id}:{n.status}/{n.role}" for n in view.nodes)

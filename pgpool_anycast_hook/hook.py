@@ -17,7 +17,7 @@ from pgpool_anycast_hook.decision import (
     Decision,
     HookEvent,
     Outcome,
-    PgpoolState,
+    Situation,
     Verb,
     decide,
     deciding_primary,
@@ -36,25 +36,25 @@ def status_file_path(config: Config) -> tuple[str, int]:
     return config.status_file or settings.status_file, settings.num_backends
 
 
-def read_state(config: Config, event: HookEvent, log: RunLog) -> PgpoolState:
+def read_state(config: Config, event: HookEvent, log: RunLog) -> Situation:
     """pgpool's view of the primary, and the hold; only what the verb needs.
 
     `del` needs neither, and skips importing the readers: it is the withdrawal
     path, where every millisecond counts (see netlink_socket.py).
     """
-    if event.verb is Verb.DEL:
-        return PgpoolState(primary_usable=True, hold=False)
+    primary = deciding_primary(event, config.primary_node_id)
+    if event.verb is Verb.DEL or primary is None:  # None: "auto", the guard's to decide
+        return Situation(primary_usable=True, hold=False)
     from pgpool_anycast_hook import pgpool_status
     from pgpool_anycast_hook.hold import read_hold
 
-    primary = deciding_primary(event, config.primary_node_id)
     path, num_backends = status_file_path(config)
     status = pgpool_status.read_status_file(path, max(num_backends, primary + 1))
     log.set(status=status.summary())
     if status.note:
         log.set(status_note=status.note)
     hold = event.verb is Verb.ADD and read_hold(config.state_dir) is not None
-    return PgpoolState(primary_usable=status.node_usable(primary), hold=hold)
+    return Situation(primary_usable=status.node_usable(primary), hold=hold)
 
 
 def apply(config: Config, decision: Decision, dry_run: bool, mark: bytes, log: RunLog) -> None:
@@ -92,7 +92,7 @@ def run_hook(args: HookArgs) -> int:
 
             return exchange(args, config.guard_socket, config.pgpool_conf, log)
         if not config.addresses:
-            decision = decide(event, False, config.primary_node_id, PgpoolState(True, False))
+            decision = decide(event, False, config.primary_node_id, Situation(True, False))
             log.set(decision=decision.outcome.value, reason=decision.reason, changed="none")
             if args.dry_run:
                 log.set(result="dry-run")

@@ -5,14 +5,17 @@ Reading is side-effect free; deciding is policy.py; applying is announcement.py.
 what is cheap, for use under it.
 """
 
-from typing import NamedTuple
+import json
+from typing import Any, NamedTuple
 
 from pgpool_anycast_hook import announcement, pgpool_process, pgpool_status
 from pgpool_anycast_hook.config import Config
 from pgpool_anycast_hook.hold import Hold, read_hold
 from pgpool_anycast_hook.pgpool_conf import PgpoolSettings, read_pgpool_conf
 from pgpool_anycast_hook.pgpool_probe import ProbeResult
-from pgpool_anycast_hook.policy import Facts, Verdict, verdict
+from pgpool_anycast_hook.policy import Facts, Verdict, needs_view, verdict
+from pgpool_anycast_hook.pool_view import PoolView, ViewState, from_record
+from pgpool_anycast_hook.safe_files import read_regular
 
 
 class Observation(NamedTuple):
@@ -24,15 +27,19 @@ class Observation(NamedTuple):
     status: pgpool_status.PgpoolStatus
     hold: Hold | None
     presence: announcement.Presence
+    view: PoolView = PoolView(ViewState.OFF)  # pgpool's own, as the guard last reported it
 
     def facts(self, config: Config) -> Facts:
+        node = config.primary_node_id
         return Facts(
             addresses_configured=bool(config.addresses),
             hold=self.hold is not None,
             pgpool_alive=self.alive,
             pgpool_listening=self.listening is not None,
-            primary_usable=self.status.node_usable(config.primary_node_id),
-            primary_node_id=config.primary_node_id,
+            primary_usable=node is not None and self.status.node_usable(node),
+            primary_node_id=node,
+            announce_when=config.announce_when,
+            view=self.view,
         )
 
     def desire(self, config: Config) -> Verdict:
@@ -82,8 +89,26 @@ def refresh(config: Config, seen: Observation) -> Observation:
 
 
 def _cheap_facts(config: Config, seen: Observation) -> Observation:
-    backends = max(seen.settings.num_backends, config.primary_node_id + 1)
+    backends = max(seen.settings.num_backends, (config.primary_node_id or 0) + 1)
     return seen._replace(
         status=pgpool_status.read_status_file(seen.status_file, backends),
         hold=read_hold(config.state_dir),
+        view=guard_view(config),
     )
+
+
+def guard_record(config: Config) -> dict[str, Any] | None:
+    """What the guard last wrote into guard.json beside its socket (untrusted), if any."""
+    try:
+        data = json.loads(read_regular(config.guard_state_path, 65536))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def guard_view(config: Config) -> PoolView:
+    """pgpool's view as the guard reported it, where the policy needs it (guarded mode)."""
+    if config.mode != "guarded" or not needs_view(config.primary_node_id, config.announce_when):
+        return PoolView(ViewState.OFF)
+    record = guard_record(config)
+    return from_record(record.get("view") if record else None)

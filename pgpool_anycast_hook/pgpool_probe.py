@@ -18,7 +18,6 @@ import os
 import select
 import socket
 import struct
-import subprocess
 import time
 from collections.abc import Sequence
 from enum import Enum
@@ -210,25 +209,22 @@ def finish(probe: SslProbe) -> ProbeResult:
     return ProbeResult(False, f"probe gave up after {MAX_STEPS} steps", now - probe.started)
 
 
+def conninfo(settings: PgpoolSettings, **parameters: str) -> str:
+    """libpq's connection string for pgpool's unix socket; empty parameters are left out
+    (libpq then uses its defaults: the user running this, and a database of that name)."""
+    fields = {"host": settings.socket_dir, "port": str(settings.port), **parameters,
+              "application_name": "pgpool-anycast-hook", "sslmode": "disable",
+              "gssencmode": "disable"}  # fmt: skip
+    quoted = (value.replace("\\", "\\\\").replace("'", "\\'") for value in fields.values())
+    return " ".join(f"{key}='{value}'" for key, value in zip(fields, quoted, strict=True) if value)
+
+
 def query(settings: PgpoolSettings, timeout: float) -> ProbeResult:
-    """`psql -c 'SELECT 1'` through the unix socket, killed after `timeout` seconds."""
-    started = time.monotonic()
-    command = ["psql", "-X", "-w", "-q", "-A", "-t", "-h", settings.socket_dir,
-               "-p", str(settings.port), "-c", "SELECT 1"]  # fmt: skip
-    environment = dict(os.environ, PGCONNECT_TIMEOUT=str(max(1, int(timeout))))
-    try:
-        done = subprocess.run(
-            command, capture_output=True, text=True, timeout=timeout, env=environment, check=False
-        )
-    except subprocess.TimeoutExpired:
-        detail = f"SELECT 1 did not finish within {timeout:.3g} s"
-        return ProbeResult(False, detail, time.monotonic() - started)
-    except OSError as error:
-        return ProbeResult(False, f"cannot run psql: {error.strerror}", time.monotonic() - started)
-    latency = time.monotonic() - started
-    if done.returncode != 0 or done.stdout.strip() != "1":
-        return ProbeResult(False, f"SELECT 1 failed: {done.stderr.strip()[:200]}", latency)
-    return ProbeResult(True, "SELECT 1 answered", latency)
+    """`SELECT 1` through pgpool's unix socket (as psql would connect), within `timeout`."""
+    answer = drive(QueryProbe(conninfo(settings), "SELECT 1", timeout))
+    if answer.ok and answer.rows == (("1",),):
+        return ProbeResult(True, "SELECT 1 answered", answer.latency)
+    return ProbeResult(False, f"SELECT 1 failed: {answer.detail[:200]}", answer.latency)
 
 
 def probe_once(settings: PgpoolSettings, timeout: float, with_query: bool) -> ProbeResult:
@@ -248,3 +244,155 @@ def probe_once(settings: PgpoolSettings, timeout: float, with_query: bool) -> Pr
         return ProbeResult(False, "no time left for SELECT 1", time.monotonic() - probe.started)
     answered = query(settings, left)
     return answered._replace(latency=result.latency + answered.latency, endpoint=result.endpoint)
+
+
+class QueryAnswer(NamedTuple):
+    ok: bool
+    detail: str  # what failed, or a summary of the answer
+    latency: float  # seconds from the start of the query to its outcome
+    columns: tuple[str, ...] = ()
+    rows: tuple[tuple[str | None, ...], ...] = ()
+
+
+MAX_ROWS = 1024  # far more than any POOL_NODES (at most 128 backends)
+
+
+class QueryProbe:
+    """One statement to pgpool through libpq (psycopg's pq layer), never blocking.
+
+    The same protocol as SslProbe: wait for `events()` on `fileno()`, call
+    `advance(now)`; `expire(now)` at the deadline; `close()` at the end. The socket
+    may change while libpq connects (it tries each address in turn), so register
+    `fileno()` again after every step. libpq does no name lookup here: `host` is
+    pgpool's socket directory, and a TCP address would have to be numeric.
+    """
+
+    def __init__(self, conninfo: str, statement: str, timeout: float, now: float | None = None):
+        from psycopg import pq
+
+        self._pq = pq
+        self.started = time.monotonic() if now is None else now
+        self.deadline = self.started + timeout
+        self.timeout = timeout
+        self.statement = statement
+        self._events = select.POLLOUT  # libpq: connect_start behaves like "polling writing"
+        self._connecting = True
+        self._columns: tuple[str, ...] = ()
+        self._rows: list[tuple[str | None, ...]] = []
+        self._error = ""
+        self._result: QueryAnswer | None = None
+        self._conn = pq.PGconn.connect_start(conninfo.encode())
+        if self._conn.status == pq.ConnStatus.BAD:
+            self._fail(self.started, self._conn.error_message)
+
+    def fileno(self) -> int:
+        if self._result is not None:
+            return -1
+        try:
+            return int(self._conn.socket)
+        except Exception:  # psycopg.OperationalError: the connection is gone
+            return -1
+
+    def events(self) -> int:
+        return self._events
+
+    def expire(self, now: float) -> QueryAnswer | None:
+        if self._result is None and now >= self.deadline:
+            step = "connect" if self._connecting else "answer"
+            self._fail(now, f"no {step} within {self.timeout:g} s")
+        return self._result
+
+    def advance(self, now: float) -> QueryAnswer | None:
+        if self.expire(now) is not None:
+            return self._result
+        try:
+            if self._connecting:
+                self._connect_step(now)
+            elif self._events == select.POLLOUT:
+                self._flush()
+            else:
+                self._read(now)
+        except Exception as error:  # psycopg.Error from the pq layer: the connection failed
+            self._fail(now, str(error) or type(error).__name__)
+        return self._result
+
+    def close(self) -> None:
+        self._conn.finish()
+
+    # -- the steps -----------------------------------------------------------------
+
+    def _connect_step(self, now: float) -> None:
+        polling = self._pq.PollingStatus
+        state = self._conn.connect_poll()
+        if state == polling.READING:
+            self._events = select.POLLIN
+        elif state == polling.WRITING:
+            self._events = select.POLLOUT
+        elif state == polling.OK:
+            self._connecting = False
+            self._conn.nonblocking = 1
+            self._conn.send_query(self.statement.encode())
+            self._events = select.POLLOUT
+            self._flush()
+        else:
+            self._fail(now, self._conn.error_message)
+
+    def _flush(self) -> None:
+        if self._conn.flush() == 0:
+            self._events = select.POLLIN
+
+    def _read(self, now: float) -> None:
+        status = self._pq.ExecStatus
+        self._conn.consume_input()
+        while not self._conn.is_busy():
+            result = self._conn.get_result()
+            if result is None:
+                if self._error:
+                    self._fail(now, self._error)
+                else:
+                    summary = f"{len(self._rows)} row(s)"
+                    self._result = QueryAnswer(
+                        True, summary, now - self.started, self._columns, tuple(self._rows)
+                    )
+                return
+            if result.status == status.TUPLES_OK:
+                self._columns = tuple(
+                    (result.fname(c) or b"").decode("utf-8", "replace")
+                    for c in range(result.nfields)
+                )
+                for r in range(min(result.ntuples, MAX_ROWS - len(self._rows))):
+                    self._rows.append(tuple(_text(result.get_value(r, c))
+                                            for c in range(result.nfields)))  # fmt: skip
+            elif result.status != status.COMMAND_OK:
+                self._error = _text(result.error_message) or "the statement failed"
+
+    def _fail(self, now: float, error: bytes | str) -> None:
+        text = _text(error) if isinstance(error, bytes) else error
+        detail = " ".join(text.split())[:300] or "failed"
+        self._result = QueryAnswer(False, detail, now - self.started)
+
+
+def _text(value: bytes | None) -> str:
+    return "" if value is None else value.decode("utf-8", "replace")
+
+
+def drive(probe: "QueryProbe") -> QueryAnswer:
+    """Drive a QueryProbe to its end with poll (the one-shot commands): bounded by its
+    deadline and by MAX_STEPS wake-ups."""
+    poller = select.poll()
+    try:
+        for _ in range(MAX_STEPS):
+            now = time.monotonic()
+            result = probe.advance(now)
+            if result is not None:
+                return result
+            fd = probe.fileno()
+            if fd < 0:
+                break
+            poller.register(fd, probe.events())
+            poller.poll(max(0.0, probe.deadline - now) * 1000)
+            poller.unregister(fd)
+        now = time.monotonic()
+        return probe.expire(max(now, probe.deadline)) or QueryAnswer(False, "gave up", 0.0)
+    finally:
+        probe.close()

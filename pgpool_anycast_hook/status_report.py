@@ -10,11 +10,13 @@ from typing import Any
 from pgpool_anycast_hook.check_state import CheckState
 from pgpool_anycast_hook.config import Config
 from pgpool_anycast_hook.errors import ExitCode
-from pgpool_anycast_hook.observation import Observation
+from pgpool_anycast_hook.observation import Observation, guard_record
+from pgpool_anycast_hook.pool_view import ViewState, to_record
 
 
 def report(config: Config, seen: Observation, check: CheckState | None) -> dict[str, Any]:
     desire = seen.desire(config)
+    primary = config.primary_node_id
     actual = seen.presence.state() if config.addresses else "absent"
     wanted = "present" if desire.present else "absent"
     routes = seen.presence.serving_routes
@@ -44,15 +46,18 @@ def report(config: Config, seen: Observation, check: CheckState | None) -> dict[
             "format": seen.status.format.value,
             "note": seen.status.note,
             "nodes": nodes,
-            "primary_node_id": config.primary_node_id,
-            "primary_usable": seen.status.node_usable(config.primary_node_id),
+            "primary_node_id": "auto" if primary is None else primary,
+            "primary_usable": None if primary is None else seen.status.node_usable(primary),
         },
+        "announce_when": config.announce_when,
+        "pool_nodes": None if seen.view.state is ViewState.OFF else to_record(seen.view),
         "hold": seen.hold._asdict() if seen.hold else None,
         "check": None if check is None else {"state": check.health.value, "count": check.streak},
         "mode": config.mode,
         "guard": guard_report(config) if config.mode == "guarded" else None,
         "desired": wanted,
         "reason": desire.reason,
+        "reason_code": desire.code,
         "actual": actual,
         "matches": actual == wanted,
     }
@@ -63,14 +68,9 @@ def guard_report(config: Config) -> dict[str, Any] | None:
     import time
 
     from pgpool_anycast_hook.guard_state import lease_left
-    from pgpool_anycast_hook.safe_files import read_regular
 
-    path = config.guard_state_path
-    try:
-        data = json.loads(read_regular(path, 65536))
-    except (OSError, ValueError, RecursionError):
-        return None
-    if not isinstance(data, dict):
+    data = guard_record(config)
+    if data is None:
         return None
     renewed, lease = data.get("renewed_at"), data.get("lease")
     if isinstance(renewed, int | float) and isinstance(lease, int | float):
@@ -127,12 +127,16 @@ def as_table(data: dict[str, Any]) -> str:
                 f"{'up' if node['up'] else 'down'} ({node['record'] or 'empty'})",
             )
         )
-    rows.append(
-        (
-            f"primary node {status['primary_node_id']}",
-            "usable" if status["primary_usable"] else "down",
-        )
-    )
+    if status["primary_usable"] is not None:
+        usable = "usable" if status["primary_usable"] else "down"
+        rows.append((f"primary node {status['primary_node_id']}", usable))
+    view = data.get("pool_nodes")
+    if view is not None:
+        primary = "none" if view["primary"] is None else view["primary"]
+        text = f"{view['state']}, primary {primary}, {view['backends_up']} up"
+        rows.append(("pool_nodes", text + (f" ({view['error']})" if view["error"] else "")))
+        for node in view["nodes"]:
+            rows.append((f"  node {node['node_id']}", f"{node['status']} {node['role']}"))
     hold = data["hold"]
     held = f"set {hold['since']} by {hold['by']}: {hold['reason'] or '-'}" if hold else "none"
     rows.append(("hold", held))

@@ -189,3 +189,35 @@ def test_environment_variable_picks_the_file(
     main = write(tmp_path / "other.toml", "primary_node_id = 5")
     monkeypatch.setenv(CONFIG_ENV, str(main))
     assert load_config().primary_node_id == 5
+
+
+def test_pgpool_view_keys(tmp_path: Path) -> None:
+    main = write(
+        tmp_path / "config.toml",
+        'mode = "guarded"\nprimary_node_id = "auto"\nannounce_when = "any-backend"\n'
+        'pgpool_user = "anycast"\non_change = ["/usr/local/bin/notify", "--site", "a"]\n',
+    )
+    config = load_config(str(main))
+    assert config.primary_node_id is None and config.announce_when == "any-backend"
+    assert config.pgpool_user == "anycast"
+    assert config.on_change == ("/usr/local/bin/notify", "--site", "a")
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ('primary_node_id = "auto"', 'needs mode = "guarded"'),
+        ('announce_when = "any-backend"', 'needs mode = "guarded"'),
+        ('mode = "guarded"\nannounce_when = "reads"', "announce_when must be one of"),
+        ('mode = "guarded"\nprimary_node_id = "first"', 'or "auto"'),
+        ("pool_nodes_timeout = 0.5", "must be below interval"),
+        ('on_change = ["notify"]', "absolute path"),
+        ('on_change = "/bin/true"', "on_change must be a list"),
+        ('pgpool_user = "a b"', "pgpool_user must be at most 63"),
+        ('pgpool_database = "x\'y"', "pgpool_database must be"),
+        ("pool_nodes_misses = 0", "pool_nodes_misses must be an integer"),
+    ],
+)
+def test_pgpool_view_keys_refused(tmp_path: Path, text: str, why: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(why)):
+        load_config(str(write(tmp_path / "config.toml", text + "\n")))

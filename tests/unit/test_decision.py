@@ -5,7 +5,7 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pgpool_anycast_hook.decision import HookEvent, Outcome, PgpoolState, Verb, decide
+from pgpool_anycast_hook.decision import HookEvent, Outcome, Situation, Verb, decide
 
 NODES = range(0, 4)
 OLD_PRIMARIES = [None, -1, 0, 1, 2, 3]
@@ -43,7 +43,7 @@ def test_every_combination() -> None:
             HookEvent(verb, node, old_primary),
             configured,
             primary,
-            PgpoolState(primary_usable=usable, hold=hold),
+            Situation(primary_usable=usable, hold=hold),
         )
         assert decision.outcome is expected(
             verb, node, old_primary, primary, configured, usable, hold
@@ -72,18 +72,50 @@ def test_whole_range(
     hold: bool,
 ) -> None:
     decision = decide(
-        HookEvent(verb, node, old_primary), configured, primary, PgpoolState(usable, hold)
+        HookEvent(verb, node, old_primary), configured, primary, Situation(usable, hold)
     )
     assert decision.outcome is expected(verb, node, old_primary, primary, configured, usable, hold)
 
 
 def test_reasons_say_why() -> None:
-    state = PgpoolState(primary_usable=True, hold=False)
+    state = Situation(primary_usable=True, hold=False)
     assert decide(HookEvent(Verb.ADD, 0), False, 0, state).reason == "no addresses configured"
     assert "not the primary" in decide(HookEvent(Verb.ADD, 1), True, 0, state).reason
-    assert "hold" in decide(HookEvent(Verb.ADD, 0), True, 0, PgpoolState(True, True)).reason
-    assert "down" in decide(HookEvent(Verb.ADD, 0), True, 0, PgpoolState(False, False)).reason
+    assert "hold" in decide(HookEvent(Verb.ADD, 0), True, 0, Situation(True, True)).reason
+    assert "down" in decide(HookEvent(Verb.ADD, 0), True, 0, Situation(False, False)).reason
     # a hold never keeps an address up
     assert (
-        decide(HookEvent(Verb.DEL, 0), True, 0, PgpoolState(True, True)).outcome is Outcome.WITHDRAW
+        decide(HookEvent(Verb.DEL, 0), True, 0, Situation(True, True)).outcome is Outcome.WITHDRAW
     )
+
+
+@given(
+    verb=st.sampled_from([Verb.ADD, Verb.DEL]),
+    node=st.integers(0, 127),
+    old_primary=st.none() | st.integers(-1, 127),
+    current=st.none() | st.integers(0, 127),
+    when=st.sampled_from(["primary", "any-backend"]),
+    fixed=st.booleans(),
+)
+def test_with_the_view_events_are_hints(
+    verb: Verb, node: int, old_primary: int | None, current: int | None, when: str, fixed: bool
+) -> None:
+    """ "auto" or "any-backend": only `del` of the primary right now withdraws (and only
+    where the primary matters); every other event makes the guard ask pgpool again."""
+    primary_node_id = 0 if fixed else None
+    if fixed and when == "primary":
+        return  # the fixed-id rules: test_every_combination
+    decision = decide(
+        HookEvent(verb, node, old_primary), True, primary_node_id,
+        Situation(True, False, current), when,
+    )  # fmt: skip
+    right_now = old_primary if old_primary is not None else (0 if fixed else current)
+    if when == "primary" and verb is Verb.DEL and node == right_now:
+        assert decision.outcome is Outcome.WITHDRAW
+    else:
+        assert decision.outcome is Outcome.REEVALUATE
+
+
+def test_clean_leaves_pgpool_status_alone_with_auto() -> None:
+    decision = decide(HookEvent(Verb.CLEAN, 0), True, None, Situation(False, False))
+    assert decision.outcome is Outcome.NOTHING and "auto" in decision.reason

@@ -7,6 +7,8 @@ from hypothesis import strategies as st
 
 from pgpool_anycast_hook import policy
 from pgpool_anycast_hook.policy import Facts, verdict
+from pgpool_anycast_hook.pool_nodes import BackendNode
+from pgpool_anycast_hook.pool_view import PoolView, ViewState
 
 FLAGS = [True, False]
 
@@ -46,3 +48,64 @@ def test_the_reason_is_the_first_failing_condition(
     first_failing = next((reason for ok, reason in checks if not ok), None)
     assert judged.reason == (first_failing or policy.SERVES.format(node=node))
     assert judged.present is (first_failing is None)
+
+
+# -- pgpool's own view: primary_node_id = "auto" and announce_when = "any-backend" -----
+
+STANDBY = BackendNode(1, "pg2", "5432", "up", "standby")
+views = st.builds(
+    PoolView,
+    st.sampled_from(ViewState),
+    st.lists(
+        st.builds(
+            BackendNode,
+            st.integers(0, 3),
+            st.just("h"),
+            st.just("5432"),
+            st.sampled_from(["up", "waiting", "down", "unused", "quarantine"]),
+            st.sampled_from(["primary", "standby"]),
+        ),
+        max_size=4,
+        unique_by=lambda node: node.node_id,
+    ).map(tuple),
+    st.integers(0, 9),
+    st.just("timeout"),
+)
+
+
+@given(view=views, going=st.booleans(), usable=st.booleans(),
+       when=st.sampled_from(policy.ANNOUNCE_WHEN))  # fmt: skip
+def test_the_view_decides_when_the_policy_asks_for_it(
+    view: PoolView, going: bool, usable: bool, when: str
+) -> None:
+    auto = when == policy.PRIMARY  # else any-backend (with a fixed id: the view decides too)
+    judged = verdict(Facts(True, False, True, True, usable, None if auto else 0, going, when, view))
+    primary = view.primary()
+    if going and when == policy.PRIMARY:
+        assert judged.code == "primary-going-away" and not judged.present
+    elif view.state is ViewState.OFF:
+        assert judged.code == "view-unknown" and not judged.present
+    elif view.state is ViewState.LOST:
+        assert judged.code == "view-lost" and not judged.present
+    elif view.state is ViewState.INIT:
+        assert judged.code == "view-pending" and judged.present  # as an unanswered first probe
+    elif when == policy.PRIMARY:
+        assert judged.present is (primary is not None)
+        assert judged.code == ("serves" if primary is not None else "no-primary")
+    else:
+        assert judged.present is (view.backends_up() > 0), "pgpool_status plays no part"
+        if judged.present and primary is None:
+            assert "writes fail" in judged.reason
+    assert judged.code in policy.CODES.values()
+
+
+def test_auto_announces_on_a_promoted_node() -> None:
+    view = PoolView(ViewState.KNOWN, (BackendNode(0, "pg1", "5432", "down", "standby"),
+                                      BackendNode(1, "pg2", "5432", "up", "primary")))  # fmt: skip
+    judged = verdict(Facts(True, False, True, True, False, None, False, policy.PRIMARY, view))
+    assert judged == policy.Verdict(True, "pgpool serves and reports primary node 1 up", "serves")
+
+
+def test_a_fixed_id_ignores_the_view() -> None:
+    lost = PoolView(ViewState.LOST, (), 6, "timeout")
+    assert verdict(Facts(True, False, True, True, True, 0, False, policy.PRIMARY, lost)).present
