@@ -261,7 +261,7 @@ def check(ctx: click.Context) -> None:
     """One-shot probe of pgpool, for monitoring; standalone, it also acts on the addresses.
 
     The probe needs pgpool to answer an SSLRequest within check_timeout (and,
-    with check_query, `SELECT 1` through psql). Exit 0 when pgpool answered,
+    with check_query, `SELECT 1` through libpq). Exit 0 when pgpool answered,
     1 when it did not.
 
     Guarded mode (mode = "guarded"): only probes and writes its line; it never

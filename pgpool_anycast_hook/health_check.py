@@ -2,8 +2,8 @@
 
 The probe is pgpool_probe.probe_once: pgpool must answer an SSLRequest within
 check_timeout (a plain connect() proves nothing about a hung pgpool). With
-check_query, `psql -c 'SELECT 1'` must also succeed (libpq's PG* environment
-chooses user and database).
+check_query, `SELECT 1` through pgpool's socket must also succeed (libpq, as psql
+would connect: its PG* environment chooses user and database).
 
 In the guarded mode the guard owns the addresses and probes pgpool itself, so
 `check` only probes and reports: it never touches an address or check.json and
