@@ -54,6 +54,11 @@ from pgpool_anycast_hook.guard_state import (
 )
 from pgpool_anycast_hook.guard_view import ViewFollower
 from pgpool_anycast_hook.hold import read_hold
+from pgpool_anycast_hook.on_change import (
+    ChangeCommands,
+    drop_ambient_capabilities,
+    transition_environment,
+)
 from pgpool_anycast_hook.pgpool_conf import PgpoolSettings, read_pgpool_conf
 from pgpool_anycast_hook.pgpool_pidfd import find_main_pid, open_pidfd
 from pgpool_anycast_hook.pgpool_probe import SslProbe
@@ -84,9 +89,13 @@ class Guard:
         self.config_path = config_path
         self.config, self.settings = self._read_configuration()
         self._resolve_users()
+        drop_ambient_capabilities()  # CAP_NET_ADMIN is the guard's, not on_change's
         self.poller = select.poll()
         self.control = ControlSocket(self.config.guard_socket, self.poller)
         self.follower = ViewFollower(self.poller)
+        self.changes = ChangeCommands(self.config.on_change, self.config.on_change_timeout,
+                                      self.config.on_change_max_running, self.poller,
+                                      self.log)  # fmt: skip
         # Ready once the socket listens: pgpool may start now (the unit orders it after
         # the guard), and a request it sends before the loop runs waits in the backlog.
         # pyroute2's import and the first dump then overlap pgpool's own start.
@@ -168,6 +177,9 @@ class Guard:
         self.config, self.settings = config, settings
         self._resolve_users()  # guard_clients may have changed: who is heard, at once
         self.follower.configure(config, settings)
+        self.changes.argv = list(config.on_change)  # for the next transitions
+        self.changes.timeout = config.on_change_timeout
+        self.changes.max_running = config.on_change_max_running
         changed += self.evaluate("reload")
         if self.state.phase in (Phase.ANNOUNCED, Phase.ADOPTING):
             changed += [f"+{a}" for a in added if f"+{a}" not in changed]
@@ -420,6 +432,12 @@ class Guard:
         previous, now = self.last_transition["to"], self.state.phase.value
         self.last_transition = {"at": time.time(), "to": now, "reason": reason, "code": code}
         self.transitions[code] = self.transitions.get(code, 0) + 1
+        if self.changes.argv:  # made and logged; the command only hears of it
+            announced = self.state.phase in (Phase.ANNOUNCED, Phase.ADOPTING)
+            addresses = [str(address) for address in self.config.addresses]
+            environment = transition_environment(str(previous), now, reason, code, addresses,
+                                                 announced, time.time())  # fmt: skip
+            self.changes.start(environment, time.monotonic())
         self.log(SEVERITY_INFO, event="transition", transition=f"{previous}->{now}",
                  reason=reason, changed=",".join(changed or []) or "none")  # fmt: skip
 
@@ -474,9 +492,9 @@ class Guard:
             wait = max(0.0, self.next_tick - now)
             for probe in self.probes.values():
                 wait = min(wait, max(0.0, probe.deadline - now))
-            view_deadline = self.follower.deadline()
-            if view_deadline is not None:
-                wait = min(wait, max(0.0, view_deadline - now))
+            for deadline in (self.follower.deadline(), self.changes.next_deadline()):
+                if deadline is not None:
+                    wait = min(wait, max(0.0, deadline - now))
             for fd, _events in self.poller.poll(wait * 1000):
                 if fd == self.pidfd:
                     self.pgpool_died()
@@ -488,6 +506,8 @@ class Guard:
                     self.poke_probe(self.probes[fd], time.monotonic())
                 elif self.follower.owns(fd):
                     self.view_step(self.follower.poke(time.monotonic()))
+                elif self.changes.owns(fd):
+                    self.changes.reap(fd, time.monotonic())
                 elif fd == self._wake_r:
                     os.read(self._wake_r, 64)
             while self.signals:
@@ -502,6 +522,7 @@ class Guard:
             view_deadline = self.follower.deadline()
             if view_deadline is not None and now >= view_deadline:
                 self.view_step(self.follower.poke(now, expire_only=True))
+            self.changes.expire(now)
             self.control.drop_late(now)
             if now >= self.next_tick:
                 self.next_tick = now + self.config.interval
@@ -522,6 +543,7 @@ class Guard:
                 "guard stops after pgpool", self.withdraw_addresses(self.config.addresses)
             )
         self.log(SEVERITY_INFO, event="stop", phase=self.state.phase.value)
+        self.changes.close()
         return int(ExitCode.OK)
 
 
