@@ -380,7 +380,8 @@ def check_merged(typed: dict[str, Any], source: str) -> None:
             "view of the backends (SHOW POOL_NODES), continuously"
         )
     timeout: float = typed.get("pool_nodes_timeout", defaults.pool_nodes_timeout)
-    if timeout >= interval:
+    queried = auto or any_backend or typed.get("query_pool_nodes", False)
+    if queried and timeout >= interval:
         raise ConfigError(
             f"{source}: pool_nodes_timeout {timeout:g} must be below interval {interval:g}: "
             "one query per interval"

@@ -34,7 +34,7 @@ import signal
 import time
 from typing import Any
 
-from pgpool_anycast_hook import guard_netlink, policy
+from pgpool_anycast_hook import guard_netlink, metrics, policy
 from pgpool_anycast_hook.check_state import CheckState, Health
 from pgpool_anycast_hook.config import SYSLOG_FACILITIES, Address, Config, load_config
 from pgpool_anycast_hook.decision import HookEvent, Outcome, Situation, Verb, decide
@@ -48,6 +48,7 @@ from pgpool_anycast_hook.guard_state import (
     first_count,
     hold_down_left,
     initial,
+    lease_left,
     owed_withdrawal,
     step,
     withdrawn,
@@ -61,7 +62,7 @@ from pgpool_anycast_hook.on_change import (
 )
 from pgpool_anycast_hook.pgpool_conf import PgpoolSettings, read_pgpool_conf
 from pgpool_anycast_hook.pgpool_pidfd import find_main_pid, open_pidfd
-from pgpool_anycast_hook.pgpool_probe import SslProbe
+from pgpool_anycast_hook.pgpool_probe import ProbeResult, SslProbe
 from pgpool_anycast_hook.pgpool_process import endpoints
 from pgpool_anycast_hook.pgpool_status import read_status_file
 from pgpool_anycast_hook.pool_view import PoolView, ViewState, to_record
@@ -117,6 +118,11 @@ class Guard:
         self.transitions: dict[str, int] = {}  # by reason code, for the metrics
         self.last_transition = {"at": time.time(), "to": self.state.phase.value, "reason": "start"}
         self.renewed_at: float | None = None
+        self.last_probe: ProbeResult | None = None  # for the metrics
+        self.metrics_failing = ""  # the last failure to write them, logged once
+        if self.config.metrics_file:
+            with contextlib.suppress(ImportError):  # now, not in the loop's first tick
+                import prometheus_client  # noqa: F401
         self.failing = ""  # the last netlink failure logged, to log each one once
         self.signals: list[int] = []  # signal numbers, handled in the loop
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -309,6 +315,7 @@ class Guard:
             self.poller.register(probe.fileno(), probe.events())
             return
         probe.close()
+        self.last_probe = result
         before = self.health
         self.health, self.starting = counted(
             before, self.starting, result.ok, self.config.check_rise, self.config.check_fall
@@ -475,6 +482,44 @@ class Guard:
         path = self.config.guard_state_path
         with contextlib.suppress(OSError):  # status then says less; the guard goes on
             replace_file(path, (json.dumps(data) + "\n").encode(), 0o644)
+        if self.config.metrics_file:
+            self.write_metrics()
+
+    def write_metrics(self) -> None:
+        """The metrics file (metrics.py); a failure is logged once, and the guard goes on."""
+        try:
+            metrics.write(self.config.metrics_file, self.metrics_snapshot())
+            self.metrics_failing = ""
+        except (OSError, ImportError) as error:
+            text = str(error) if isinstance(error, OSError) else "python3-prometheus-client missing"
+            if text != self.metrics_failing:
+                self.metrics_failing = text
+                self.log(SEVERITY_WARNING, event="metrics", result="failed",
+                         file=self.config.metrics_file, error=text)  # fmt: skip
+
+    def metrics_snapshot(self) -> metrics.MetricsSnapshot:
+        up = self.state.phase in (Phase.ANNOUNCED, Phase.ADOPTING)
+        wall = time.time()
+        left = 0.0
+        if up and self.renewed_at is not None:
+            left = lease_left(self.config.lease, self.renewed_at, wall)
+        view, probe = self.follower.view, self.last_probe
+        return metrics.MetricsSnapshot(
+            heartbeat=wall,
+            phase=self.state.phase.value,
+            desired=self.verdict.present,
+            reason_code=self.verdict.code,
+            hold=read_hold(self.config.state_dir) is not None,
+            hold_down_left=hold_down_left(self.state, time.monotonic(), self.config.hold_down),
+            addresses=tuple(metrics.AddressMetric(str(a), up, left) for a in self.config.addresses),
+            transitions=dict(self.transitions),
+            probe_ok=None if probe is None else probe.ok,
+            probe_latency=None if probe is None else probe.latency,
+            view_state=view.state.value,
+            query_latency=self.follower.latency,
+            backends=view.nodes,
+            primary_node_id=view.primary(),
+        )
 
     def on_signal(self, signum: int, _frame: object) -> None:
         self.signals.append(signum)

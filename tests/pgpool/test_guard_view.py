@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.netns.conftest import HOOK, netns, require_root  # noqa: F401  (fixtures)
-from tests.netns.node_exporter import node_exporter
+from tests.netns.node_exporter import running_node_exporter
 from tests.netns.test_guard import ANYCAST, Bed, present, stop_process, wait_until
 from tests.pgpool.conftest import AS_POSTGRES, PG_BIN, PGPOOL, require_components
 
@@ -166,7 +166,7 @@ def test_auto_follows_a_promotion_and_the_metrics_say_so(
         metrics_file=str(textfiles / "pgpool-anycast-hook.prom"),
         on_change=[str(notify), str(events)],
     )
-    with node_exporter(textfiles) as scrape:
+    with running_node_exporter(str(textfiles), user="prometheus") as scrape:
         bed.start_guard()
         took = wait_until(lambda: present(bed.netns), 40.0)
         assert took is not None, f"never announced:\n{bed.diagnostics()}"

@@ -210,7 +210,7 @@ def test_pgpool_view_keys(tmp_path: Path) -> None:
         ('announce_when = "any-backend"', 'needs mode = "guarded"'),
         ('mode = "guarded"\nannounce_when = "reads"', "announce_when must be one of"),
         ('mode = "guarded"\nprimary_node_id = "first"', 'or "auto"'),
-        ("pool_nodes_timeout = 0.5", "must be below interval"),
+        ("query_pool_nodes = true\npool_nodes_timeout = 0.5", "must be below interval"),
         ('on_change = ["notify"]', "absolute path"),
         ('on_change = "/bin/true"', "on_change must be a list"),
         ('pgpool_user = "a b"', "pgpool_user must be at most 63"),
