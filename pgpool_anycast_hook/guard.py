@@ -445,6 +445,7 @@ class Guard:
             environment = transition_environment(str(previous), now, reason, code, addresses,
                                                  announced, time.time())  # fmt: skip
             self.changes.start(environment, time.monotonic())
+        self.write_state()  # `status` and the metrics see a transition at once
         self.log(SEVERITY_INFO, event="transition", transition=f"{previous}->{now}",
                  reason=reason, changed=",".join(changed or []) or "none")  # fmt: skip
 

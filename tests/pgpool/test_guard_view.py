@@ -31,6 +31,7 @@ from tests.pgpool.conftest import AS_POSTGRES, PG_BIN, PGPOOL, require_component
 pytestmark = pytest.mark.netns
 
 PRIMARY_PORT, STANDBY_PORT, PGPOOL_PORT = 5433, 5434, 9999
+ANNOUNCED = ("pgpool_anycast_announced", frozenset({("address", ANYCAST)}))
 SEARCH_PRIMARY = 10  # search_primary_node_timeout: pgpool looks this long for a new primary
 
 
@@ -170,30 +171,26 @@ def test_auto_follows_a_promotion_and_the_metrics_say_so(
         bed.start_guard()
         took = wait_until(lambda: present(bed.netns), 40.0)
         assert took is not None, f"never announced:\n{bed.diagnostics()}"
-        view = pool_nodes(bed)
-        assert view["state"] == "KNOWN" and view["primary"] == 0, view
-        metrics = scrape()
-        assert metrics[("pgpool_anycast_announced", frozenset({("address", ANYCAST)}))] == 1
-        assert metrics[("pgpool_anycast_primary_node_id", frozenset())] == 0
+        # The address comes first; guard.json and the metrics follow it within a moment.
+        assert wait_until(lambda: pool_nodes(bed)["primary"] == 0, 2.0) is not None
+        assert pool_nodes(bed)["state"] == "KNOWN"
+        assert wait_until(lambda: scrape().get(ANNOUNCED) == 1, 5.0) is not None, scrape.log()
+        assert scrape()[("pgpool_anycast_primary_node_id", frozenset())] == 0
 
         cluster.stop_node(0)  # the primary dies; pgpool's health check fails it over
         gone = wait_until(lambda: not present(bed.netns), 15.0)
         assert gone is not None, f"not withdrawn after the primary died:\n{bed.diagnostics()}"
         # The command started for the announcement still sleeps: it delayed nothing.
         assert "ANNOUNCED end" not in _read(events), _read(events)
-        assert wait_until(lambda: scrape().get(("pgpool_anycast_announced",
-                          frozenset({("address", ANYCAST)}))) == 0, 5.0) is not None  # fmt: skip
+        assert wait_until(lambda: scrape().get(ANNOUNCED) == 0, 5.0) is not None
         assert not present(bed.netns), "no primary: it stays withdrawn"
 
         cluster.run(str(PG_BIN / "pg_ctl"), "-D", str(cluster.data(1)), "-w", "promote")
         back = wait_until(lambda: present(bed.netns), SEARCH_PRIMARY + 15.0)
         assert back is not None, f"not announced after the promotion:\n{bed.diagnostics()}"
-        view = pool_nodes(bed)
-        assert view["primary"] == 1, view  # the promoted node, whatever its id
-        assert wait_until(lambda: scrape().get(("pgpool_anycast_primary_node_id",
-                          frozenset())) == 1, 5.0) is not None  # fmt: skip
-        metrics = scrape()
-        assert metrics[("pgpool_anycast_announced", frozenset({("address", ANYCAST)}))] == 1
+        assert pool_nodes(bed)["primary"] == 1  # the promoted node, whatever its id
+        assert wait_until(lambda: scrape().get(ANNOUNCED) == 1, 5.0) is not None
+        assert scrape()[("pgpool_anycast_primary_node_id", frozenset())] == 1
         transition = bed.syslog.events(0.0, event="transition")
         assert any("primary node 1" in fields.get("reason", "") for _, fields in transition)
 
