@@ -492,7 +492,12 @@ class Guard:
             metrics.write(self.config.metrics_file, self.metrics_snapshot())
             self.metrics_failing = ""
         except (OSError, ImportError) as error:
-            text = str(error) if isinstance(error, OSError) else "python3-prometheus-client missing"
+            # strerror, not str(error): that names a random temporary file every time
+            text = (
+                (error.strerror or str(error))
+                if isinstance(error, OSError)
+                else ("python3-prometheus-client is not installed")
+            )
             if text != self.metrics_failing:
                 self.metrics_failing = text
                 self.log(SEVERITY_WARNING, event="metrics", result="failed",

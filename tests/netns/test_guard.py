@@ -287,6 +287,7 @@ class Bed:
             "pgpool_conf": str(self.pgpool_conf),
             "syslog_address": str(self.syslog.path),
             "deadline": 5.0,
+            "metrics_file": "",  # tests that want metrics give their own file
         }
         base.update(settings)
         text = "".join(f"{key} = {json.dumps(value)}\n" for key, value in base.items())
@@ -857,3 +858,26 @@ def test_sighup_reloads_the_addresses(bed: Bed) -> None:
     assert f"-{ANYCAST}" in logged and f"+{OTHER}" in logged, (
         f"the reload changed lo without saying so:\n{bed.syslog.text()}"
     )
+
+
+def test_metrics_it_cannot_write_are_logged_once_and_change_nothing(bed: Bed) -> None:
+    bed.write_config(metrics_file=str(bed.root / "missing" / "metrics.prom"))
+    start_announced(bed)
+    time.sleep(10 * INTERVAL)  # ten more writes, each failing
+    failures = bed.syslog.events(0.0, event="metrics")
+    assert len(failures) == 1, bed.syslog.text()
+    assert failures[0][1]["error"] == "No such file or directory"
+    assert present(bed.netns)
+
+
+def test_metrics_follow_the_guard(bed: Bed) -> None:
+    path = bed.root / "metrics.prom"
+    bed.write_config(metrics_file=str(path))
+    _guard, pgpool = start_announced(bed)
+    line = 'pgpool_anycast_announced{address="198.18.2.0/32"} 1.0'
+    assert wait_until(lambda: path.exists() and line in path.read_text(), 3.0) is not None
+    assert (path.stat().st_mode & 0o777) == 0o644
+    bed.kill_pgpool(pgpool)
+    assert wait_until(lambda: 'pgpool_anycast_desired{reason="pgpool-down"} 0.0'
+                      in path.read_text(), 3.0) is not None, path.read_text()  # fmt: skip
+    assert 'pgpool_anycast_transitions_total{reason="pgpool-down"} 1.0' in path.read_text()
