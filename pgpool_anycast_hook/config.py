@@ -75,7 +75,7 @@ class Config(NamedTuple):
     pgpool_passfile: str = "/etc/pgpool-anycast-hook/pgpass"  # libpq's passfile
     pgpool_service: str = ""  # a libpq service name (pg_service.conf), if any
     pool_nodes_timeout: float = 0.25  # connect and answer, per query
-    pool_nodes_misses: int = 6  # unanswered queries in a row before pgpool's view is lost
+    pool_nodes_misses: int = 10  # unanswered queries in a row before pgpool's view is lost
     metrics_file: str = "/run/pgpool-anycast-hook/metrics.prom"  # empty: no metrics
     on_change: tuple[str, ...] = ()  # argv run after each transition (none: empty)
     on_change_timeout: float = 10.0

@@ -20,6 +20,9 @@ from pgpool_anycast_hook.pool_nodes import PoolNodesError, parse_pool_nodes
 from pgpool_anycast_hook.pool_view import PoolView, ViewState, answered, missed
 
 STATEMENT = "SHOW POOL_NODES"
+# pgpool refuses every new connection with this once all its backends are down (4.1-4.7):
+# that is an answer, not a miss (tests/data/pool_nodes/pgpool-*-all-down.json).
+ALL_DOWN = "all backend nodes are down"
 
 
 class ViewFollower:
@@ -98,6 +101,9 @@ class ViewFollower:
     # ------------------------------------------------------------------------------
 
     def _counted(self, result: QueryAnswer, started: float) -> PoolView:
+        if not result.ok and ALL_DOWN in result.detail:  # an answer: no backend is up
+            self.answered_started, self.latency = started, result.latency
+            return answered(self.view, tuple(n._replace(status="down") for n in self.view.nodes))
         if not result.ok:
             return missed(self.view, result.detail, self._limit)
         try:

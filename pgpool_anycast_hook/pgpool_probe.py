@@ -24,7 +24,7 @@ from enum import Enum
 from typing import NamedTuple
 
 from pgpool_anycast_hook.pgpool_conf import PgpoolSettings
-from pgpool_anycast_hook.pgpool_process import Endpoint, endpoints
+from pgpool_anycast_hook.pgpool_process import Endpoint, endpoints, tcp_host
 
 SSL_REQUEST = struct.pack("!II", 8, 80877103)
 ANSWERS = (b"S", b"N")
@@ -210,9 +210,14 @@ def finish(probe: SslProbe) -> ProbeResult:
 
 
 def conninfo(settings: PgpoolSettings, **parameters: str) -> str:
-    """libpq's connection string for pgpool's unix socket; empty parameters are left out
-    (libpq then uses its defaults: the user running this, and a database of that name)."""
-    fields = {"host": settings.socket_dir, "port": str(settings.port), **parameters,
+    """libpq's connection string for pgpool: its unix socket, then its TCP address (as
+    SslProbe tries them; pgpool 4.6 was seen to lose its socket file in a failover and
+    go on serving over TCP). Numeric only: libpq resolves no name. Empty parameters are
+    left out (libpq's defaults: the user running this, a database of that name)."""
+    tcp = tcp_host(settings.listen_addresses)
+    hosts = settings.socket_dir if tcp is None else f"{settings.socket_dir},{tcp}"
+    ports = str(settings.port) if tcp is None else f"{settings.port},{settings.port}"
+    fields = {"host": hosts, "port": ports, **parameters,
               "application_name": "pgpool-anycast-hook", "sslmode": "disable",
               "gssencmode": "disable"}  # fmt: skip
     quoted = (value.replace("\\", "\\\\").replace("'", "\\'") for value in fields.values())

@@ -34,7 +34,7 @@ class BackendNode(NamedTuple):
     node_id: int
     hostname: str
     port: str
-    status: str  # pgpool's view, lower case: up, waiting, down, unused, quarantine
+    status: str  # pgpool's view, lower case: up, waiting, down, unused, quarantine, unknown
     role: str  # lower case: primary, standby (other clustering modes: main, replica)
     lb_weight: float | None = None
     pg_status: str | None = None  # 4.3+: what PostgreSQL itself reports

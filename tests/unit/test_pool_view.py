@@ -74,3 +74,30 @@ def test_any_json_gives_a_view(record: object) -> None:
     assert isinstance(from_record(record), PoolView)
     known = from_record({"state": "KNOWN", "nodes": [record]})
     assert known.state in (ViewState.OFF, ViewState.KNOWN)
+
+
+def test_all_backends_down_is_an_answer_not_a_miss() -> None:
+    """pgpool's refusal when every backend is down, as recorded from 4.3.5 and 4.6.1."""
+    import json
+    import select
+    from pathlib import Path
+
+    from pgpool_anycast_hook.config import Config
+    from pgpool_anycast_hook.guard_view import ViewFollower
+    from pgpool_anycast_hook.pgpool_conf import PgpoolSettings
+    from pgpool_anycast_hook.pgpool_probe import QueryAnswer
+
+    config = Config(mode="guarded", primary_node_id=None)
+    settings = PgpoolSettings("", True, "/tmp", 9999, 9898, "*", "/run/postgresql", "/x", 2)
+
+    for name in ("pgpool-4.3.5-all-down.json", "pgpool-4.6.1-all-down.json"):
+        recorded = json.loads((Path(__file__).parent.parent / "data/pool_nodes" / name).read_text())
+        follower = ViewFollower(select.poll())
+        follower.configure(config, settings)
+        follower.view = PoolView(ViewState.KNOWN, PRIMARY_UP)
+        follower.view = follower._counted(QueryAnswer(False, recorded["message"], 0.01), 1.0)
+        assert follower.view.state is ViewState.KNOWN, name
+        assert {node.status for node in follower.view.nodes} == {"down"}
+        assert follower.view.primary() is None and follower.view.backends_up() == 0
+        other = follower._counted(QueryAnswer(False, "no answer within 0.25 s", 0.25), 2.0)
+        assert other.state is ViewState.STALE  # a timeout is a miss
