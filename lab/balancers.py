@@ -5,11 +5,17 @@ each running FRR (ospfd), Debian's pgpool2 and the anycast hook installed from t
 wiring (pgpool without capabilities, pgpool-anycast-hook-guard.service owning the address;
 the lab's default), the packaged hook in its standalone wiring, or
 bench/reference/manage-reference.sh wired the way the article wires manage.sh.
+`Follow` decides what the hook's wirings put in follow_primary_command: nothing (the
+recommended wiring: pgpool then detaches no standby when it finds a new primary), the
+old recommendation `del %d %P` (every standby stays detached after a promotion), or the
+user's own follow script (docs/examples/follow-primary.sh), which re-points and
+re-attaches the standbys and ends with the hook.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import enum
 import hashlib
 import json
@@ -17,6 +23,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,18 +57,42 @@ PCP_USER, PCP_PASSWORD = "pcpadmin", "lab"
 STOP_TIMEOUT = 30.0
 
 
+# The user's follow script: the shipped example, run with the lab's PCP user. It
+# re-points standbys over SQL, so it needs nothing from the backends' hosts.
+FOLLOW_EXAMPLE = REPO / "docs/examples/follow-primary.sh"
+FOLLOW_SCRIPT = "/etc/pgpool2/follow-primary.sh"
+FOLLOW_ARGS = "%d %h %p %m %H %r %P"
+FOLLOW_SETTINGS = f"PCP_USER={PCP_USER} REPLICATION_OPTIONS=user=postgres"
+POSTGRES_PCPPASS = "/var/lib/postgresql/.pcppass"  # the follow script runs as postgres
+# Lab-only (lab/README.md): the default, 300 s, would stall pcp_attach_node.
+SEARCH_PRIMARY_NODE_TIMEOUT = 3
+
+
+class Follow(enum.Enum):
+    """follow_primary_command in the hook's wirings."""
+
+    NONE = "none"  # the recommended wiring: no follow command at all
+    HOOK_DEL = "hook del"  # the old recommendation: pgpool detaches every standby
+    SCRIPT = "script"  # the user's follow script, which calls the hook last
+
+
 class Wiring(enum.Enum):
     GUARD = "guard"  # the guarded wiring: pgpool2.service has no capability
     HOOK = "hook"  # the standalone wiring: CAP_NET_ADMIN on pgpool2.service
     REFERENCE = "manage.sh"
 
-    def commands(self) -> dict[str, str]:
-        """pgpool.conf's lines: the article's, unchanged, for both of the hook's wirings."""
+    def commands(self, follow: Follow = Follow.NONE) -> dict[str, str]:
+        """pgpool.conf's lines: the hook's recommended ones, or the article's for manage.sh."""
         if self in (Wiring.GUARD, Wiring.HOOK):
+            follow_command = {
+                Follow.NONE: "",
+                Follow.HOOK_DEL: f"{HOOK} del %d %P",
+                Follow.SCRIPT: f"{FOLLOW_SETTINGS} {FOLLOW_SCRIPT} {FOLLOW_ARGS}",
+            }[follow]
             return {
                 "failover_command": f"{HOOK} del %d %P",
                 "failback_command": f"{HOOK} add %d",
-                "follow_primary_command": f"{HOOK} del %d %P",
+                "follow_primary_command": follow_command,
             }
         return {
             "failover_command": f"{MANAGE_SH} del %d",
@@ -70,7 +101,11 @@ class Wiring(enum.Enum):
         }
 
 
-def pgpool_conf(wiring: Wiring) -> str:
+def pgpool_conf(
+    wiring: Wiring,
+    follow: Follow = Follow.NONE,
+    search_primary_node_timeout: int = SEARCH_PRIMARY_NODE_TIMEOUT,
+) -> str:
     backend = (TEMPLATES / "pgpool-backend.conf").read_text()
     backends = "\n".join(
         backend.format(index=i, host=pg.base_ip, port=POSTGRES_PORT, name=pg.name)
@@ -79,7 +114,12 @@ def pgpool_conf(wiring: Wiring) -> str:
     return (
         (TEMPLATES / "pgpool.conf")
         .read_text()
-        .format(pgpool_port=PGPOOL_PORT, backends=backends, **wiring.commands())
+        .format(
+            pgpool_port=PGPOOL_PORT,
+            backends=backends,
+            search_primary_node_timeout=search_primary_node_timeout,
+            **wiring.commands(follow),
+        )
     )
 
 
@@ -245,6 +285,75 @@ class Balancer:
             check=False,
         ).stdout
         return [line.split()[4] for line in out.splitlines() if len(line.split()) > 4]
+
+    def pool_nodes(self) -> list[dict[str, str]]:
+        """pgpool's SHOW POOL_NODES, one dict per backend by column name (psql inside the
+        container, over pgpool's own socket); [] while pgpool does not answer."""
+        proc = self.run(
+            ["psql", "-X", "--csv", "-h", "/var/run/postgresql", "-p", str(PGPOOL_PORT),
+             "-U", "postgres", "-d", "postgres", "-c", "show pool_nodes"],
+            check=False, timeout=30,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            return []
+        return list(csv.DictReader(proc.stdout.splitlines()))
+
+    def node_roles(self) -> list[tuple[str, str]]:
+        """(status, role) of each backend as pgpool shows them, by node id."""
+        return [(n["status"], n["role"]) for n in self.pool_nodes()]
+
+    def pgpool_setting(self, name: str) -> str:
+        """`PGPOOL SHOW name` (the value pgpool runs with), "" if it does not answer."""
+        proc = self.run(
+            ["psql", "-X", "-A", "-t", "-h", "/var/run/postgresql", "-p", str(PGPOOL_PORT),
+             "-U", "postgres", "-d", "postgres", "-c", f"pgpool show {name}"],
+            check=False, timeout=30,
+        )  # fmt: skip
+        return proc.stdout.strip() if proc.returncode == 0 else ""
+
+    def set_pgpool_conf(
+        self,
+        wiring: Wiring,
+        follow: Follow = Follow.NONE,
+        search_primary_node_timeout: int = SEARCH_PRIMARY_NODE_TIMEOUT,
+    ) -> bool:
+        """Write pgpool.conf for `follow` and reload a running pgpool (both settings are
+        reloadable); wait until pgpool runs with it. Returns whether anything changed."""
+        if follow is Follow.SCRIPT:
+            self.box.copy_in(FOLLOW_EXAMPLE, FOLLOW_SCRIPT, 0o755)
+            self.box.write_file(POSTGRES_PCPPASS, f"*:9898:{PCP_USER}:{PCP_PASSWORD}\n", 0o600)
+            self.run(["chown", "postgres:postgres", POSTGRES_PCPPASS])
+        text = pgpool_conf(wiring, follow, search_primary_node_timeout)
+        if self.run(["cat", "/etc/pgpool2/pgpool.conf"], check=False).stdout == text:
+            return False
+        self.box.write_file("/etc/pgpool2/pgpool.conf", text, 0o640)
+        self.run(["chown", "root:postgres", "/etc/pgpool2/pgpool.conf"])
+        if self.unit_state() != "active":
+            return True
+        self.run(["systemctl", "reload", "pgpool2"])
+        wanted = wiring.commands(follow)["follow_primary_command"]
+        deadline = time.monotonic() + 20
+        while not (
+            self.pgpool_setting("follow_primary_command") == wanted
+            and self.pgpool_setting("search_primary_node_timeout")
+            == f"{search_primary_node_timeout}s"
+        ):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name}: pgpool did not reload its new pgpool.conf")
+            time.sleep(0.2)
+        return True
+
+    def has_lab_config(self, wiring: Wiring) -> bool:
+        """pgpool.conf is the lab's own for `wiring`, and no test's hook settings are left."""
+        conf = self.run(["cat", "/etc/pgpool2/pgpool.conf"], check=False).stdout
+        if conf != pgpool_conf(wiring):
+            return False
+        return self.run(["test", "-e", HOOK_TEST_TOML], check=False).returncode != 0
+
+    def use_lab_config(self, wiring: Wiring) -> None:
+        """Back to the lab's own pgpool.conf (reloaded) and hook settings."""
+        self.set_pgpool_conf(wiring)
+        clear_hook_config(self)
 
     def reset_pgpool(self) -> None:
         """Back to nominal: stopped, pgpool_status removed (all backends up), started."""
@@ -598,4 +707,61 @@ def reload_guard(bal: Balancer, lease: float, timeout: float = 10.0) -> None:
     ):
         if time.monotonic() > deadline:
             raise TimeoutError(f"{bal.name}: the guard did not reload with lease = {lease:g}")
+        time.sleep(0.2)
+
+
+# -- the hook's settings in a test (either wiring) ------------------------------------
+# Promotion tests set primary_node_id, announce_when, ... in a conf.d file of their own,
+# which sorts after the lab's; clear_hook_config() removes it.
+
+HOOK_TEST_TOML = "/etc/pgpool-anycast-hook/conf.d/60-test.toml"
+
+
+def toml_text(settings: Mapping[str, str | int | float | bool]) -> str:
+    """Top-level TOML keys, one a line (the few value types the tests use)."""
+    lines = []
+    for key, value in settings.items():
+        if isinstance(value, bool):
+            lines.append(f"{key} = {'true' if value else 'false'}")
+        elif isinstance(value, str):
+            lines.append(f"{key} = {json.dumps(value)}")
+        else:
+            lines.append(f"{key} = {value!r}")
+    return "".join(line + "\n" for line in lines)
+
+
+def set_hook_config(bal: Balancer, settings: Mapping[str, str | int | float | bool]) -> None:
+    """Write the test's conf.d file; check it (root refreshes the configuration cache, and
+    a key this version does not know fails here, loudly); reload a running guard."""
+    bal.box.write_file(HOOK_TEST_TOML, toml_text(settings))
+    apply_hook_config(bal)
+
+
+def clear_hook_config(bal: Balancer) -> bool:
+    """Remove the test's conf.d file, if any, and apply that. Returns whether there was one."""
+    if bal.run(["test", "-e", HOOK_TEST_TOML], check=False).returncode != 0:
+        return False
+    bal.run(["rm", "-f", HOOK_TEST_TOML])
+    apply_hook_config(bal)
+    return True
+
+
+def apply_hook_config(bal: Balancer, timeout: float = 10.0) -> None:
+    """check-config as root, then `systemctl reload` of a running guard (SIGHUP), waiting
+    for its `event=reload result=ok` line. The standalone hook reads it on its next run."""
+    proc = bal.run([HOOK, "check-config"], check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"{bal.name}: pgpool-anycast-hook check-config refused "
+            f"{bal.run(['cat', HOOK_TEST_TOML], check=False).stdout!r}: "
+            f"{(proc.stdout + proc.stderr).strip()}"
+        )
+    if bal.unit_state(GUARD_UNIT) != "active":
+        return
+    cursor = bal.journal_cursor()
+    bal.run(["systemctl", "reload", GUARD_UNIT])
+    deadline = time.monotonic() + timeout
+    while not any("event=reload" in line and "result=ok" in line for line in bal.unit_log(cursor)):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{bal.name}: the guard did not reload its configuration")
         time.sleep(0.2)

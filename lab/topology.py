@@ -15,12 +15,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 
 from lab import balancers, frr, netns, postgres, state
-from lab.balancers import Balancer, Wiring
+from lab.balancers import Balancer, Follow, Wiring
 from lab.hosts import ALL_NETNS, BACKENDS, BALANCERS
 from testbed import rootfs
 
@@ -47,22 +47,54 @@ class Lab:
         return {b.host.ospf_ip for b in self.balancers.values()}
 
     def is_nominal(self) -> bool:
-        """Every backend runs, every pgpool runs with all backends attached, three hops."""
+        """Every backend runs in its starting role, every pgpool runs with the lab's own
+        configuration and all backends attached, three hops."""
         if not all(postgres.is_running(pg) for pg in BACKENDS):
             return False
-        if any(not is_healthy(b) for b in self.balancers.values()):
+        if not postgres.is_nominal():
+            return False
+        if any(
+            not is_healthy(b) or not b.has_lab_config(self.wiring) for b in self.balancers.values()
+        ):
             return False
         return set(frr.next_hops()) == self.all_next_hops()
 
     def restore(self) -> None:
-        """Undo what a test or the demo did: start stopped parts, reattach, reconverge."""
+        """Undo what a test or the demo did: the starting roles (rebuilt after a
+        promotion), the lab's own pgpool.conf and hook settings, stopped parts started,
+        backends reattached, the router reconverged. A pgpool that is unhealthy, runs a
+        test's configuration or sees its backends rebuilt is stopped first (a planned
+        stop: the guard owes no hold-down for it), reconfigured, then started afresh."""
+        bals = list(self.balancers.values())
+        rebuild = not postgres.is_nominal()
+        stale = [
+            b for b in bals if rebuild or not is_healthy(b) or not b.has_lab_config(self.wiring)
+        ]
+        run_parallel([b.stop_pgpool for b in stale])
+        if rebuild:
+            postgres.rebuild_all()
         for pg in BACKENDS:
             if not postgres.is_running(pg):
                 postgres.start(pg)
         postgres.wait_streaming(len(BACKENDS) - 1, 30.0)
-        stale = [b for b in self.balancers.values() if not is_healthy(b)]
+        run_parallel([partial(b.use_lab_config, self.wiring) for b in stale])
         run_parallel([b.reset_pgpool for b in stale])
         frr.wait_next_hops(self.all_next_hops(), CONVERGE_TIMEOUT)
+
+    def set_follow(self, follow: Follow, search_primary_node_timeout: int) -> None:
+        """pgpool.conf's follow_primary_command and search_primary_node_timeout on every
+        balancer (a reload; restore() puts the lab's own back)."""
+        run_parallel([
+            partial(b.set_pgpool_conf, self.wiring, follow, search_primary_node_timeout)
+            for b in self.balancers.values()
+        ])  # fmt: skip
+
+    def set_hook_config(self, settings: Mapping[str, str | int | float | bool]) -> None:
+        """The hook's settings for a test on every balancer (conf.d/60-test.toml; the
+        guard reloads; restore() removes it)."""
+        run_parallel(
+            [partial(balancers.set_hook_config, b, settings) for b in self.balancers.values()]
+        )
 
     def rewire(self, wiring: Wiring) -> None:
         """Switch every balancer to `wiring` (stop, reconfigure, start), then converge."""

@@ -35,11 +35,9 @@ Exit status:
 MAIN_HELP = f"""Keep an anycast address on this pgpool node only while pgpool can serve.
 
 \b
-Wire it into pgpool.conf (pgpool 4.2 and later):
-  failover_command       = '/usr/bin/pgpool-anycast-hook del %d %P'
-  failback_command       = '/usr/bin/pgpool-anycast-hook add %d'
-  follow_primary_command = '/usr/bin/pgpool-anycast-hook del %d %P'
-(pgpool 4.1: follow_master_command instead of follow_primary_command.)
+Wire it into pgpool.conf (pgpool 4.1 to 4.7), with no follow_primary_command:
+  failover_command = '/usr/bin/pgpool-anycast-hook del %d %P'
+  failback_command = '/usr/bin/pgpool-anycast-hook add %d'
 and into pgpool2.service with the shipped drop-in (reconcile, clean, add,
 drain, del).
 
@@ -126,8 +124,7 @@ def delete(args: tuple[str, ...]) -> None:
 
     With OLD_PRIMARY (pgpool's %P) the addresses go when NODE_ID equals it;
     without it NODE_ID is compared with primary_node_id. Already-absent
-    addresses are fine. Wire it to failover_command, follow_primary_command
-    (follow_master_command on 4.1) and ExecStopPost.
+    addresses are fine. Wire it to failover_command and ExecStopPost.
     """
 
 

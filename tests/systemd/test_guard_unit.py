@@ -235,10 +235,13 @@ def test_1_order_privilege_security_reload_and_stop(unit: GuardedUnit) -> None:
     assert postgres_gid in [int(g) for g in status["Groups"].split()], unit.explain(
         f"guard lacks the postgres group: Groups {status['Groups']}"
     )
-    for name in CAP_FIELDS:
+    for name in ("CapEff", "CapPrm"):
         assert int(status[name], 16) == CAP_NET_ADMIN, unit.explain(
             f"guard {name}={status[name]}, expected exactly CAP_NET_ADMIN (0x1000)"
         )
+    # systemd hands it over as an ambient capability; the guard clears the ambient set
+    # at start, so that nothing it runs (on_change) inherits it.
+    assert int(status["CapAmb"], 16) == 0, unit.explain(f"guard CapAmb={status['CapAmb']}")
     assert int(status["CapBnd"], 16) == CAP_NET_ADMIN, unit.explain(f"guard CapBnd {status}")
     assert status["NoNewPrivs"] == "1", unit.explain("guard without NoNewPrivileges")
     print(f"[{unit.suite}] guard pid {guard_pid}: uid {guard_uid}, " +
@@ -468,3 +471,67 @@ def test_4_purge_leaves_nothing(unit: GuardedUnit) -> None:
     pgpool_pid = unit.main_pid()
     for name in CAP_FIELDS:  # the drop-in is gone: Debian's own unit, no grant of ours
         assert int(unit.proc_status(pgpool_pid)[name], 16) == 0
+
+
+NOTIFY = """#!/bin/sh
+# on_change of test_5: what the command got, and with which capabilities.
+{ echo "$PAH_OLD_STATE $PAH_NEW_STATE $PAH_REASON_CODE $PAH_ANNOUNCED"
+  grep -E '^Cap(Eff|Prm|Amb):' /proc/self/status | tr '\\n' ' '; echo; } \
+  >> /run/pgpool-anycast-hook/on-change.log
+"""
+
+
+class AutoUnit(GuardedUnit):
+    """The guarded wiring following pgpool's own view, with metrics and on_change."""
+
+    hook_settings = (
+        'mode = "guarded"\nprimary_node_id = "auto"\npgpool_user = "postgres"\n'
+        'pgpool_passfile = ""\non_change = ["/usr/local/bin/pah-notify"]\n'
+    )
+
+
+def test_5_pgpool_view_metrics_and_on_change_in_the_sandbox(
+    box: Container, suite_root: tuple[str, Path]
+) -> None:
+    """Under the unit's own sandbox (MemoryDenyWriteExecute=, the system call filter):
+    psycopg's query, prometheus_client's file and the on_change command all work, and
+    the command runs without CAP_NET_ADMIN."""
+    unit = AutoUnit(box, suite_root[0])
+    box.write_file("/usr/local/bin/pah-notify", NOTIFY, mode=0o755)
+    try:
+        unit.prepare()
+        unit.start()
+        wait_present(unit, 30, "primary_node_id = auto, after start")
+
+        def guard_json() -> dict[str, object]:
+            text = box.run(["cat", f"{RUNTIME_DIR}/guard.json"]).stdout
+            data: dict[str, object] = json.loads(text)
+            return data
+
+        unit.wait_until(lambda: guard_json()["view"]["primary"] == 0, 10,  # type: ignore[index]
+                        "pgpool's view in guard.json")  # fmt: skip
+        # node_exporter's textfile directory has the guard's metrics, through the link
+        link = "/var/lib/prometheus/node-exporter/pgpool-anycast-hook.prom"
+
+        def metrics() -> str:
+            return box.run(["cat", link]).stdout
+
+        unit.wait_until(lambda: f'pgpool_anycast_announced{{address="{ANYCAST}"}} 1.0'
+                        in metrics(), 10, "the metrics through the link")  # fmt: skip
+        assert "pgpool_anycast_primary_node_id 0.0" in metrics(), metrics()
+        assert 'pgpool_anycast_pool_nodes_state{state="KNOWN"} 1.0' in metrics(), metrics()
+        # on_change ran for WITHDRAWN->ANNOUNCED, as the guard's user, with no capability
+        log_path = f"{RUNTIME_DIR}/on-change.log"
+        unit.wait_until(lambda: "ANNOUNCED" in box.run(["cat", log_path], check=False).stdout,
+                        10, "the on_change command's line")  # fmt: skip
+        lines = box.run(["cat", log_path]).stdout.splitlines()
+        assert lines[0] == "WITHDRAWN ANNOUNCED serves 1", lines
+        caps = dict(re.findall(r"(Cap\w+):\s+(\w+)", lines[1]))
+        assert caps == {"CapEff": "0" * 16, "CapPrm": "0" * 16, "CapAmb": "0" * 16}, lines
+        status = unit.proc_status(unit.guard_pid())
+        assert int(status["CapEff"], 16) == CAP_NET_ADMIN, status  # the guard keeps it
+        log = unit.guard_log()
+        assert "event=metrics" not in log and "result=spawn-failed" not in log, log
+    finally:
+        if unit.state()["ActiveState"] not in ("inactive", "failed"):
+            unit.stop()

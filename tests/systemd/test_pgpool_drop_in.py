@@ -118,7 +118,6 @@ def pgpool_conf(two_backends: bool) -> str:
         "failover_on_backend_error = on",
         f"failover_command = '{HOOK} del %d %P'",
         f"failback_command = '{HOOK} add %d'",
-        f"follow_primary_command = '{HOOK} del %d %P'",
         "memory_cache_enabled = off",
         "memqcache_total_size = 1MB",
         "enable_pool_hba = off",
