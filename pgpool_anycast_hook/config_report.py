@@ -25,8 +25,11 @@ def config_report(config: Config, explicit: str | None) -> str:
     lines = [f"# main file: {main_file}{absent}"]
     lines += [f"# read: {source}" for source in config.sources]
     for key in Config._fields:
+        value = getattr(config, key)
+        if key == "primary_node_id" and value is None:
+            value = "auto"  # what the file says; None is only how the code holds it
         if key != "sources":
-            lines.append(f"{key} = {_toml_value(getattr(config, key))}")
+            lines.append(f"{key} = {_toml_value(value)}")
     lines.append("")
     lines.append(
         f"# pgpool.conf: {settings.path}" + ("" if settings.found else " (not found: defaults)")

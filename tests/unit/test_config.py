@@ -1,5 +1,6 @@
 """Configuration: defaults, conf.d merge order, and errors that name the key."""
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -221,3 +222,19 @@ def test_pgpool_view_keys(tmp_path: Path) -> None:
 def test_pgpool_view_keys_refused(tmp_path: Path, text: str, why: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(why)):
         load_config(str(write(tmp_path / "config.toml", text + "\n")))
+
+
+@pytest.mark.parametrize("primary", ['"auto"', "3"])
+def test_check_config_prints_what_a_user_can_paste_back(tmp_path: Path, primary: str) -> None:
+    """check-config's TOML, read again, is the same configuration (keys it cannot know aside)."""
+    import tomllib
+
+    from pgpool_anycast_hook.config_report import config_report
+
+    main = write(tmp_path / "config.toml", f'mode = "guarded"\nprimary_node_id = {primary}\n'
+                 'addresses = ["198.18.2.0/32"]\non_change = ["/bin/true", "a b"]\n')  # fmt: skip
+    config = load_config(str(main))
+    printed = tomllib.loads(config_report(config, str(main)))
+    again = write(tmp_path / "again" / "config.toml", "")
+    again.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in printed.items()))
+    assert load_config(str(again))._replace(sources=()) == config._replace(sources=())
