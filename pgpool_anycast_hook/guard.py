@@ -174,6 +174,7 @@ class Guard:
     def reload(self) -> None:
         try:
             config, settings = self._read_configuration()
+            self.follower.configure(config, settings)  # may refuse: before anything changes
         except HookError as error:
             self.log(SEVERITY_WARNING, event="reload", result=error.result, error=str(error))
             return
@@ -182,7 +183,6 @@ class Guard:
         changed = self.withdraw_addresses(removed)
         self.config, self.settings = config, settings
         self._resolve_users()  # guard_clients may have changed: who is heard, at once
-        self.follower.configure(config, settings)
         self.changes.argv = list(config.on_change)  # for the next transitions
         self.changes.timeout = config.on_change_timeout
         self.changes.max_running = config.on_change_max_running

@@ -14,6 +14,7 @@ import select
 
 from pgpool_anycast_hook import policy
 from pgpool_anycast_hook.config import Config
+from pgpool_anycast_hook.errors import ConfigError
 from pgpool_anycast_hook.pgpool_conf import PgpoolSettings
 from pgpool_anycast_hook.pgpool_probe import QueryAnswer, QueryProbe, conninfo
 from pgpool_anycast_hook.pool_nodes import PoolNodesError, parse_pool_nodes
@@ -38,7 +39,8 @@ class ViewFollower:
         self._limit = 1
 
     def configure(self, config: Config, settings: PgpoolSettings) -> None:
-        """(Re)read what to ask and whether to ask at all; at start and on reload."""
+        """(Re)read what to ask and whether to ask at all; at start and on reload.
+        ConfigError when the view is asked for and psycopg cannot be imported."""
         wanted = config.query_pool_nodes or policy.needs_view(
             config.primary_node_id, config.announce_when
         )
@@ -54,8 +56,11 @@ class ViewFollower:
             self.cancel()
             self.view = PoolView(ViewState.OFF)
         elif self.view.state is ViewState.OFF:
-            import psycopg.pq  # noqa: F401  # once, now: not inside the loop's first tick
-
+            try:  # once, now: not inside the loop's first tick
+                import psycopg.pq  # noqa: F401
+            except ImportError as error:
+                raise ConfigError(f"pgpool's view (SHOW POOL_NODES) needs python3-psycopg: "
+                                  f"{error}") from None  # fmt: skip
             self.view = PoolView(ViewState.INIT)
 
     def start(self, now: float) -> PoolView | None:
