@@ -114,6 +114,7 @@ class Guard:
         self.probes: dict[int, SslProbe] = {}  # in flight, by the descriptor polled for each
         self.event_withdrawn = False  # pgpool said `del` for the primary; until `add`
         self.event_withdrawn_at = 0.0  # when; with "auto", a later answer of pgpool ends it
+        self.drained = False  # `drain` withdrew for a planned stop; until a new pgpool or `add`
         self.verdict = policy.Verdict(False, "start", "start")  # the last one, for status
         self.transitions: dict[str, int] = {}  # by reason code, for the metrics
         self.last_transition = {"at": time.time(), "to": self.state.phase.value, "reason": "start"}
@@ -228,6 +229,8 @@ class Guard:
         elif decision.outcome in (Outcome.ANNOUNCE, Outcome.REEVALUATE):
             if decision.outcome is Outcome.ANNOUNCE:
                 self.event_withdrawn = False
+            if event.verb is Verb.ADD:
+                self.drained = False
             now = time.monotonic()
             self.start_probe(now)  # the rise need not wait for the next tick
             self.view_step(self.follower.start(now))  # nor pgpool's answer
@@ -241,7 +244,7 @@ class Guard:
     def _drain(self, dry_run: bool) -> tuple[int, dict[str, object]]:
         if dry_run:
             return ExitCode.OK, {"decision": "withdraw", "result": "dry-run"}
-        self.event_withdrawn = True
+        self.drained = True
         changed = self.withdraw_now("drain (planned: no hold-down)", keep_serving=True,
                                     planned=True, code="drain")  # fmt: skip
         serving = "kept" if self.config.serving_route else "stopped"
@@ -270,7 +273,7 @@ class Guard:
             return
         self.pgpool_pid, self.pidfd = pid, fd
         self.poller.register(fd, select.POLLIN)
-        self.event_withdrawn = False  # a new pgpool: its pgpool_status tells the rest
+        self.event_withdrawn = self.drained = False  # a new pgpool: its own state tells
         self.health, self.starting = first_count(self.state)
         self.log(SEVERITY_INFO, event="pgpool-found", pgpool_pid=pid)
 
@@ -339,6 +342,7 @@ class Guard:
             primary_usable=self._primary_usable(),
             primary_node_id=self.config.primary_node_id,
             primary_going_away=self.event_withdrawn,
+            drained=self.drained,
             announce_when=self.config.announce_when,
             view=self.follower.view,
         )

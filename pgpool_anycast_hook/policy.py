@@ -27,6 +27,7 @@ HOLD = "maintenance hold is set (run `enable` to lift it)"
 PGPOOL_DOWN = "pgpool is not running"
 NOT_LISTENING = "pgpool does not answer on its socket or port"
 PRIMARY_GOING_AWAY = "primary node {node} is going away"
+DRAINED = "drained for a planned stop (until pgpool starts again, or `add`)"
 PRIMARY_DOWN = "pgpool_status marks primary node {node} down"
 SERVES = "pgpool serves and primary node {node} is usable"
 VIEW_UNKNOWN = "pgpool's view is not known here (the guard reports it in guard.json)"
@@ -43,6 +44,7 @@ CODES = {
     PGPOOL_DOWN: "pgpool-down",
     NOT_LISTENING: "not-listening",
     PRIMARY_GOING_AWAY: "primary-going-away",
+    DRAINED: "drained",
     PRIMARY_DOWN: "primary-down",
     SERVES: "serves",
     VIEW_UNKNOWN: "view-unknown",
@@ -65,6 +67,7 @@ class Facts(NamedTuple):
     primary_going_away: bool = False  # pgpool said so: `del` for the primary
     announce_when: str = PRIMARY
     view: PoolView = PoolView(ViewState.OFF)  # SHOW POOL_NODES, when the guard asks it
+    drained: bool = False  # `drain` withdrew for a planned stop, whatever pgpool says now
 
 
 class Verdict(NamedTuple):
@@ -85,6 +88,8 @@ def verdict(facts: Facts) -> Verdict:
         return _verdict(False, NO_ADDRESSES)
     if facts.primary_going_away and facts.announce_when == PRIMARY:
         return _verdict(False, PRIMARY_GOING_AWAY, node=node)
+    if facts.drained:
+        return _verdict(False, DRAINED)
     if facts.hold:
         return _verdict(False, HOLD)
     if not facts.pgpool_alive:

@@ -25,8 +25,18 @@ import pytest
 
 from tests.netns.conftest import HOOK, netns, require_root  # noqa: F401  (fixtures)
 from tests.netns.node_exporter import running_node_exporter
-from tests.netns.test_guard import ANYCAST, Bed, present, stop_process, wait_until
-from tests.pgpool.conftest import AS_POSTGRES, PG_BIN, PGPOOL, require_components
+from tests.netns.test_guard import (
+    ANYCAST,
+    AS_POSTGRES,
+    INTERVAL,
+    Bed,
+    holds_throughout,
+    present,
+    stop_process,
+    wait_until,
+)
+from tests.pgpool.conftest import AS_POSTGRES as PG_AS_POSTGRES
+from tests.pgpool.conftest import PG_BIN, PGPOOL, require_components
 
 pytestmark = pytest.mark.netns
 
@@ -49,7 +59,7 @@ class StreamingCluster:
         return self.root / f"pg{node}"
 
     def run(self, *command: str) -> str:
-        done = subprocess.run(["ip", "netns", "exec", self.netns, *AS_POSTGRES, *command],
+        done = subprocess.run(["ip", "netns", "exec", self.netns, *PG_AS_POSTGRES, *command],
                               capture_output=True, text=True, timeout=90)  # fmt: skip
         assert done.returncode == 0, f"{command}: {done.stdout}{done.stderr}"
         return done.stdout
@@ -77,7 +87,7 @@ class StreamingCluster:
         self.write_pgpool_conf()
         log = open(self.root / "pgpool.log", "ab")  # noqa: SIM115  (kept by Popen)
         self.pgpool = subprocess.Popen(
-            ["ip", "netns", "exec", self.netns, *AS_POSTGRES, PGPOOL, "-n",
+            ["ip", "netns", "exec", self.netns, *PG_AS_POSTGRES, PGPOOL, "-n",
              "-f", str(self.pgpool_conf), "-F", str(self.root / "pcp.conf")],
             stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -207,3 +217,25 @@ def test_auto_follows_a_promotion_and_the_metrics_say_so(
 
 def _read(path: Path) -> str:
     return path.read_text() if path.exists() else ""
+
+
+def test_a_drain_stays_withdrawn_while_pgpool_still_answers(
+    view_bed: tuple[Bed, StreamingCluster, Path],
+) -> None:
+    """`drain` (ExecStop= of a planned stop) withdraws; with "auto" the next answer of a
+    pgpool that still runs must not announce again. `add` (or a new pgpool) ends it."""
+    bed, cluster, _ = view_bed
+    bed.write_config(primary_node_id="auto", pgpool_conf=str(cluster.pgpool_conf),
+                     status_file="", pgpool_user="postgres", pgpool_passfile="",
+                     pool_nodes_timeout=0.15, drain_seconds=0.0, drain_timeout=0.0)  # fmt: skip
+    bed.start_guard()
+    assert wait_until(lambda: present(bed.netns), 40.0) is not None, bed.diagnostics()
+    drained = bed.run("drain", prefix=AS_POSTGRES)
+    assert drained.returncode == 0, drained.stderr
+    assert not present(bed.netns)
+    stayed = holds_throughout(lambda: not present(bed.netns), 10 * INTERVAL)
+    assert stayed, f"a drain was undone while pgpool runs:\n{bed.diagnostics()}"
+    assert pool_nodes(bed)["primary"] == 0  # pgpool answered all along
+    added = bed.run("add", "0", prefix=AS_POSTGRES)
+    assert added.returncode == 0, added.stderr
+    assert wait_until(lambda: present(bed.netns), 5.0) is not None, bed.diagnostics()

@@ -109,3 +109,11 @@ def test_auto_announces_on_a_promoted_node() -> None:
 def test_a_fixed_id_ignores_the_view() -> None:
     lost = PoolView(ViewState.LOST, (), 6, "timeout")
     assert verdict(Facts(True, False, True, True, True, 0, False, policy.PRIMARY, lost)).present
+
+
+@given(view=views, when=st.sampled_from(policy.ANNOUNCE_WHEN), node=st.none() | st.just(0))
+def test_a_drain_holds_in_every_mode(view: PoolView, when: str, node: int | None) -> None:
+    """A planned stop's withdrawal is not undone by pgpool still answering, whatever
+    decides otherwise ("auto", "any-backend", a fixed id)."""
+    facts = Facts(True, False, True, True, True, node, False, when, view, drained=True)
+    assert verdict(facts) == policy.Verdict(False, policy.DRAINED, "drained")
