@@ -5,11 +5,17 @@ each running FRR (ospfd), Debian's pgpool2 and the anycast hook installed from t
 wiring (pgpool without capabilities, pgpool-anycast-hook-guard.service owning the address;
 the lab's default), the packaged hook in its standalone wiring, or
 bench/reference/manage-reference.sh wired the way the article wires manage.sh.
-`Follow` decides what the hook's wirings put in follow_primary_command: nothing (the
+`Follow` decides what the hook's wirings put in the follow command
+(follow_primary_command; follow_master_command on pgpool 4.1): nothing (the
 recommended wiring: pgpool then detaches no standby when it finds a new primary), the
 old recommendation `del %d %P` (every standby stays detached after a promotion), or the
 user's own follow script (docs/examples/follow-primary.sh), which re-points and
 re-attaches the standbys and ends with the hook.
+
+bal3 runs pgpool 4.1.4 from Debian 11 (lab/pgpool41.py), installed over Debian 12's
+4.3.5 when its container is configured, so that every test also meets the oldest
+pgpool the hook supports. pgpool_conf() renders the same settings for both, under
+4.1's names where they differ.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import enum
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -55,6 +62,7 @@ MANAGE_SH = "/etc/pgpool2/manage.sh"
 STATUS_FILE = "/var/log/postgresql/pgpool_status"
 PCP_USER, PCP_PASSWORD = "pcpadmin", "lab"
 STOP_TIMEOUT = 30.0
+POLICY_RC_D = "/usr/sbin/policy-rc.d"
 
 
 # The user's follow script: the shipped example, run with the lab's PCP user. It
@@ -66,10 +74,14 @@ FOLLOW_SETTINGS = f"PCP_USER={PCP_USER} REPLICATION_OPTIONS=user=postgres"
 POSTGRES_PCPPASS = "/var/lib/postgresql/.pcppass"  # the follow script runs as postgres
 # Lab-only (lab/README.md): the default, 300 s, would stall pcp_attach_node.
 SEARCH_PRIMARY_NODE_TIMEOUT = 3
+# Balancers that run pgpool 4.1 (the .debs of lab/pgpool41.py); the others run the
+# root's pgpool, 4.3.
+PGPOOL_41 = frozenset({"bal3"})
+PGPOOL_VERSION = re.compile(r"pgpool-II version ([0-9][0-9.]*)")
 
 
 class Follow(enum.Enum):
-    """follow_primary_command in the hook's wirings."""
+    """The follow command in the hook's wirings."""
 
     NONE = "none"  # the recommended wiring: no follow command at all
     HOOK_DEL = "hook del"  # the old recommendation: pgpool detaches every standby
@@ -92,20 +104,39 @@ class Wiring(enum.Enum):
             return {
                 "failover_command": f"{HOOK} del %d %P",
                 "failback_command": f"{HOOK} add %d",
-                "follow_primary_command": follow_command,
+                "follow_command": follow_command,
             }
         return {
             "failover_command": f"{MANAGE_SH} del %d",
             "failback_command": f"{MANAGE_SH} add %d",
-            "follow_primary_command": f"{MANAGE_SH} del %d",
+            "follow_command": f"{MANAGE_SH} del %d",
         }
+
+
+def is_41(version: str) -> bool:
+    return version.startswith("4.1.")
+
+
+def follow_setting(version: str) -> str:
+    """The follow command's name: 4.2 renamed follow_master_command."""
+    return "follow_master_command" if is_41(version) else "follow_primary_command"
+
+
+def clustering_mode(version: str) -> str:
+    """Streaming replication: 4.2 replaced master_slave_mode by backend_clustering_mode
+    (each version ignores the other's names and would run in raw mode)."""
+    if is_41(version):
+        return "master_slave_mode = on\nmaster_slave_sub_mode = 'stream'"
+    return "backend_clustering_mode = 'streaming_replication'"
 
 
 def pgpool_conf(
     wiring: Wiring,
+    version: str,
     follow: Follow = Follow.NONE,
     search_primary_node_timeout: int = SEARCH_PRIMARY_NODE_TIMEOUT,
 ) -> str:
+    """The lab's pgpool.conf for a balancer running pgpool `version`."""
     backend = (TEMPLATES / "pgpool-backend.conf").read_text()
     backends = "\n".join(
         backend.format(index=i, host=pg.base_ip, port=POSTGRES_PORT, name=pg.name)
@@ -115,6 +146,8 @@ def pgpool_conf(
         (TEMPLATES / "pgpool.conf")
         .read_text()
         .format(
+            clustering_mode=clustering_mode(version),
+            follow_setting=follow_setting(version),
             pgpool_port=PGPOOL_PORT,
             backends=backends,
             search_primary_node_timeout=search_primary_node_timeout,
@@ -124,11 +157,13 @@ def pgpool_conf(
 
 
 class Balancer:
-    """One balancer: its namespace plan and its container (booted or attached)."""
+    """One balancer: its namespace plan, its container (booted or attached), and the
+    pgpool version it runs ("" until configure() has checked it)."""
 
-    def __init__(self, host: Host, box: Container) -> None:
+    def __init__(self, host: Host, box: Container, pgpool_version: str = "") -> None:
         self.host = host
         self.box = box
+        self.pgpool_version = pgpool_version
 
     @property
     def name(self) -> str:
@@ -141,11 +176,22 @@ class Balancer:
 
     # -- setup -----------------------------------------------------------------
 
-    def configure(self, deb: Path, wiring: Wiring) -> None:
-        """FRR, pgpool and the hook inside a freshly booted container; pgpool started."""
+    def configure(self, deb: Path, wiring: Wiring, pgpool_debs: list[Path]) -> None:
+        """FRR, pgpool and the hook inside a freshly booted container; pgpool started.
+        On a balancer of PGPOOL_41, `pgpool_debs` (pgpool 4.1) replace the root's pgpool
+        first; the version pgpool reports is checked and recorded in the lab's state."""
         box = self.box
         box.write_file("/etc/hostname", self.host.netns + "\n")
         box.run(["hostname", self.host.netns])  # the journal then names the balancer
+        if self.name in PGPOOL_41:
+            self.install_debs(pgpool_debs)
+        self.pgpool_version = self.installed_pgpool_version()
+        if (self.name in PGPOOL_41) != is_41(self.pgpool_version):
+            raise RuntimeError(f"{self.name}: runs pgpool {self.pgpool_version}, not as planned")
+        with state.updating() as current:
+            for record in current.containers:
+                if record.name == self.host.netns:
+                    record.pgpool = self.pgpool_version
         # pgpool2.service Wants= postgresql.service; no local PostgreSQL belongs here.
         box.run(["systemctl", "mask", "--now", "postgresql.service"])
         box.run(["sed", "-i", "s/^ospfd=no/ospfd=yes/", "/etc/frr/daemons"])
@@ -163,6 +209,25 @@ class Balancer:
         box.copy_in(REFERENCE_SCRIPT, MANAGE_SH, 0o755)
         self.rewire(wiring, start=True)
 
+    def install_debs(self, debs: list[Path]) -> None:
+        """dpkg -i over the root's pgpool (a downgrade, in the container's overlay only).
+        A policy-rc.d keeps the packages' scripts from restarting pgpool2 meanwhile."""
+        self.stop_pgpool()
+        self.box.write_file(POLICY_RC_D, "#!/bin/sh\nexit 101\n", 0o755)
+        inside = ["/tmp/" + deb.name for deb in debs]
+        for deb, path in zip(debs, inside, strict=True):
+            self.box.copy_in(deb, path, 0o644)
+        self.run(["dpkg", "-i", "--force-confdef", "--force-confold", *inside], timeout=120)
+        self.run(["rm", "-f", POLICY_RC_D, *inside])
+
+    def installed_pgpool_version(self) -> str:
+        """From `pgpool --version`: "4.1.4", "4.3.5", ..."""
+        proc = self.run(["pgpool", "--version"])
+        found = PGPOOL_VERSION.search(proc.stdout + proc.stderr)
+        if found is None:
+            raise RuntimeError(f"{self.name}: no version in {proc.stdout + proc.stderr!r}")
+        return found.group(1)
+
     def rewire(self, wiring: Wiring, start: bool = True) -> None:
         """Stop pgpool, switch drop-in and pgpool.conf commands to `wiring`, start again."""
         box = self.box
@@ -178,7 +243,7 @@ class Balancer:
             box.run(["ln", "-s", HOOK_DROP_IN, DROP_IN_DIR + "/"])
         else:
             box.copy_in(TEMPLATES / "manage-reference.conf", DROP_IN_DIR + "/manage.conf", 0o644)
-        box.write_file("/etc/pgpool2/pgpool.conf", pgpool_conf(wiring), 0o640)
+        box.write_file("/etc/pgpool2/pgpool.conf", self.pgpool_conf(wiring), 0o640)
         box.run(["chown", "root:postgres", "/etc/pgpool2/pgpool.conf"])
         box.run(["systemctl", "daemon-reload"])
         if wiring is Wiring.GUARD:
@@ -269,22 +334,10 @@ class Balancer:
         return self.pcp("pcp_node_info", node_id, check=False)
 
     def node_states(self) -> list[str]:
-        """pgpool's view of each backend: "up", "waiting", "down" (pcp_node_info -a)."""
-        out = self.run(
-            [
-                "pcp_node_info",
-                "-h",
-                "/var/run/postgresql",
-                "-p",
-                "9898",
-                "-U",
-                PCP_USER,
-                "-w",
-                "-a",
-            ],
-            check=False,
-        ).stdout
-        return [line.split()[4] for line in out.splitlines() if len(line.split()) > 4]
+        """pgpool's view of each backend: "up", "waiting", "down" (pcp_node_info, one
+        node at a time: 4.1's has no -a)."""
+        infos = [self.node_info(i).split() for i in range(len(BACKENDS))]
+        return [info[4] for info in infos if len(info) > 4]
 
     def pool_nodes(self) -> list[dict[str, str]]:
         """pgpool's SHOW POOL_NODES, one dict per backend by column name (psql inside the
@@ -311,6 +364,19 @@ class Balancer:
         )  # fmt: skip
         return proc.stdout.strip() if proc.returncode == 0 else ""
 
+    def pgpool_conf(
+        self,
+        wiring: Wiring,
+        follow: Follow = Follow.NONE,
+        search_primary_node_timeout: int = SEARCH_PRIMARY_NODE_TIMEOUT,
+    ) -> str:
+        """The lab's pgpool.conf for this balancer's pgpool version."""
+        return pgpool_conf(wiring, self.pgpool_version, follow, search_primary_node_timeout)
+
+    def follow_setting(self) -> str:
+        """follow_primary_command, or follow_master_command on pgpool 4.1."""
+        return follow_setting(self.pgpool_version)
+
     def set_pgpool_conf(
         self,
         wiring: Wiring,
@@ -323,7 +389,7 @@ class Balancer:
             self.box.copy_in(FOLLOW_EXAMPLE, FOLLOW_SCRIPT, 0o755)
             self.box.write_file(POSTGRES_PCPPASS, f"*:9898:{PCP_USER}:{PCP_PASSWORD}\n", 0o600)
             self.run(["chown", "postgres:postgres", POSTGRES_PCPPASS])
-        text = pgpool_conf(wiring, follow, search_primary_node_timeout)
+        text = self.pgpool_conf(wiring, follow, search_primary_node_timeout)
         if self.run(["cat", "/etc/pgpool2/pgpool.conf"], check=False).stdout == text:
             return False
         self.box.write_file("/etc/pgpool2/pgpool.conf", text, 0o640)
@@ -331,12 +397,12 @@ class Balancer:
         if self.unit_state() != "active":
             return True
         self.run(["systemctl", "reload", "pgpool2"])
-        wanted = wiring.commands(follow)["follow_primary_command"]
+        wanted = wiring.commands(follow)["follow_command"]
         deadline = time.monotonic() + 20
         while not (
-            self.pgpool_setting("follow_primary_command") == wanted
-            and self.pgpool_setting("search_primary_node_timeout")
-            == f"{search_primary_node_timeout}s"
+            self.pgpool_setting(self.follow_setting()) == wanted
+            and self.pgpool_setting("search_primary_node_timeout").removesuffix("s")
+            == str(search_primary_node_timeout)  # 4.3 shows "10s", 4.1 "10"
         ):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{self.name}: pgpool did not reload its new pgpool.conf")
@@ -346,7 +412,7 @@ class Balancer:
     def has_lab_config(self, wiring: Wiring) -> bool:
         """pgpool.conf is the lab's own for `wiring`, and no test's hook settings are left."""
         conf = self.run(["cat", "/etc/pgpool2/pgpool.conf"], check=False).stdout
-        if conf != pgpool_conf(wiring):
+        if conf != self.pgpool_conf(wiring):
             return False
         return self.run(["test", "-e", HOOK_TEST_TOML], check=False).returncode != 0
 
@@ -479,7 +545,7 @@ def attach(host: Host, root: Path, record: state.ContainerRecord) -> Balancer:
     """A Balancer for a container booted by an earlier process (commands only)."""
     box = Container(host.netns, root, netns=host.netns, stop_timeout=STOP_TIMEOUT)
     box._pid1 = record.pid1  # testbed has no public attach; see the lab's report
-    return Balancer(host, box)
+    return Balancer(host, box, record.pgpool)
 
 
 def stop_recorded(record: state.ContainerRecord) -> None:

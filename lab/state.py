@@ -32,11 +32,13 @@ class ProcessRecord:
 
 @dataclass
 class ContainerRecord:
-    """A balancer container: the nspawn process (host side) and the container's PID 1."""
+    """A balancer container: the nspawn process (host side), the container's PID 1, and
+    the pgpool version it runs ("4.3.5"; "" until the container is configured)."""
 
     name: str
     nspawn: ProcessRecord
     pid1: int
+    pgpool: str = ""
 
 
 @dataclass
@@ -55,7 +57,9 @@ def load() -> LabState:
     return LabState(
         processes=[ProcessRecord(**p) for p in raw.get("processes", [])],
         containers=[
-            ContainerRecord(c["name"], ProcessRecord(**c["nspawn"]), c["pid1"])
+            ContainerRecord(
+                c["name"], ProcessRecord(**c["nspawn"]), c["pid1"], str(c.get("pgpool", ""))
+            )
             for c in raw.get("containers", [])
         ],
         wiring=str(raw.get("wiring", "guard")),

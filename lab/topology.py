@@ -1,7 +1,8 @@
 """Bring the whole lab up and down. `up` is idempotent; `down` works after any failure.
 
-Order of `up`: namespaces and links, the router's FRR, PostgreSQL, the .deb, then the three
-balancer containers in parallel; ready when the router has one next hop per balancer.
+Order of `up`: the hook's .deb and bal3's pgpool 4.1 .debs (lab/pgpool41.py), namespaces and
+links, the router's FRR, PostgreSQL, then the three balancer containers in parallel; ready
+when the router has one next hop per balancer.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 
-from lab import balancers, frr, netns, postgres, state
+from lab import balancers, frr, netns, pgpool41, postgres, state
 from lab.balancers import Balancer, Follow, Wiring
 from lab.hosts import ALL_NETNS, BACKENDS, BALANCERS
 from testbed import rootfs
@@ -82,7 +83,7 @@ class Lab:
         frr.wait_next_hops(self.all_next_hops(), CONVERGE_TIMEOUT)
 
     def set_follow(self, follow: Follow, search_primary_node_timeout: int) -> None:
-        """pgpool.conf's follow_primary_command and search_primary_node_timeout on every
+        """pgpool.conf's follow command and search_primary_node_timeout on every
         balancer (a reload; restore() puts the lab's own back)."""
         run_parallel([
             partial(b.set_pgpool_conf, self.wiring, follow, search_primary_node_timeout)
@@ -131,6 +132,7 @@ def up(wiring: Wiring = Wiring.GUARD) -> Lab:
             say(f"cannot reuse it ({error}); building a new one")
     down(quiet=True)
     deb = hook_deb()
+    pgpool_debs = pgpool41.ensure_debs()  # bal3's pgpool 4.1; fails loudly, never skips
     root = rootfs.ensure_root(SUITE)
     state.LAB_DIR.mkdir(parents=True, exist_ok=True)
     state.LAB_DIR.chmod(0o755)
@@ -148,7 +150,7 @@ def up(wiring: Wiring = Wiring.GUARD) -> Lab:
         host = BALANCERS[host_index]
         bal = balancers.boot(host, root)
         booted[host.name] = bal
-        bal.configure(deb, wiring)
+        bal.configure(deb, wiring, pgpool_debs)
 
     run_parallel([partial(bring_up, i) for i in range(len(BALANCERS))])
     lab = Lab([booted[b.name] for b in BALANCERS], wiring)
@@ -168,6 +170,10 @@ def attach_running() -> Lab | None:
     if not all(state.is_alive(p) for p in current.processes):
         return None
     if not all(state.is_alive(c.nspawn) for c in current.containers):
+        return None
+    # A lab built before bal3 ran pgpool 4.1 (or one whose configure did not finish).
+    planned_41 = {h.netns for h in BALANCERS if h.name in balancers.PGPOOL_41}
+    if any((c.name in planned_41) != balancers.is_41(c.pgpool) for c in current.containers):
         return None
     root = rootfs.ensure_root(SUITE)
     records = {c.name: c for c in current.containers}

@@ -2,9 +2,11 @@
 
 pg1 (node 0) stops; once every pgpool has failed it over, pg2 (node 1) is promoted
 while pgpool still searches for a primary; later pg1 comes back as a standby of pg2
-and is attached. What pgpool does with its standbys depends on follow_primary_command:
-when it is set and pgpool finds a new primary, pgpool marks every other backend down
-and leaves re-attaching them to the command. So the recommended wiring sets none
+and is attached. What pgpool does with its standbys depends on its follow command
+(follow_primary_command; follow_master_command on pgpool 4.1, which bal3 runs, so each
+test holds on 4.1.4 and on 4.3.5): when it is set and pgpool finds a new primary, pgpool
+marks every other backend down and leaves re-attaching them to the command. So the
+recommended wiring sets none
 (failover_command withdraws when the primary fails); a user who needs a follow script
 runs one that re-attaches the standbys and calls the hook last
 (docs/examples/follow-primary.sh).
@@ -25,8 +27,16 @@ from dataclasses import dataclass
 
 import pytest
 
-from lab import netns, postgres
-from lab.balancers import Balancer, Follow
+from lab import netns, postgres, state
+from lab.balancers import (
+    FOLLOW_SCRIPT,
+    HOOK,
+    PGPOOL_41,
+    Balancer,
+    Follow,
+    guard_status,
+    pgpool_conf,
+)
 from lab.hosts import ANYCAST, BACKENDS, CLIENT, PGPOOL_PORT, balancer_by_ip
 from lab.measure import RouteWatch, connect_many
 from lab.topology import Lab
@@ -190,6 +200,71 @@ def follow_lines(bal: Balancer, cursor: str) -> list[str]:
     return [line for line in bal.unit_log(cursor) if "follow-primary.sh" in line]
 
 
+def follow_settings(lab: Lab, wanted: str) -> dict[str, str]:
+    """Which setting each pgpool runs its follow command from; asserts that it holds
+    `wanted` there (PGPOOL SHOW), under 4.1's name on the 4.1 balancer."""
+    names = {}
+    for name, bal in lab.balancers.items():
+        setting = bal.follow_setting()
+        assert setting == (
+            "follow_master_command" if name in PGPOOL_41 else "follow_primary_command"
+        ), (name, bal.pgpool_version)
+        assert bal.pgpool_setting(setting) == wanted, (name, setting)
+        names[name] = f"{setting} (pgpool {bal.pgpool_version})"
+    return names
+
+
+def executed(bal: Balancer, cursor: str, command: str) -> list[str]:
+    """pgpool's own log lines `execute command: <command>...` (it runs each command so)."""
+    return [line for line in bal.unit_log(cursor) if f"execute command: {command}" in line]
+
+
+# -- which pgpool each balancer runs ---------------------------------------------------
+
+
+def test_bal3_runs_pgpool_4_1_and_the_others_4_3(promotion_lab: Lab, report: Report) -> None:
+    """The lab is mixed as planned: `pgpool --version` in each container, the lab's
+    state, pgpool's own settings (every line of the rendered pgpool.conf is a setting
+    this version knows: 4.1 ignores unknown names silently), SHOW POOL_NODES with 4.1's
+    12 columns, and the guard reading them with primary_node_id = "auto"."""
+    lab = promotion_lab
+    recorded = {c.name: c.pgpool for c in state.load().containers}
+    versions = {name: bal.installed_pgpool_version() for name, bal in lab.balancers.items()}
+    report("pgpool_versions", versions)
+    for name, bal in lab.balancers.items():
+        assert versions[name].startswith("4.1.4" if name in PGPOOL_41 else "4.3."), versions
+        assert recorded[bal.host.netns] == bal.pgpool_version == versions[name], recorded
+        settings = {row.split("|")[0] for row in bal.pgpool_setting("all").splitlines()}
+        conf = pgpool_conf(lab.wiring, bal.pgpool_version)
+        lines = [line for line in conf.splitlines() if "=" in line and line[:1] != "#"]
+        names = {line.split("=")[0].strip() for line in lines}
+        assert len(names) > 30 and not names - settings, (name, sorted(names - settings))
+        columns = list(bal.pool_nodes()[0])
+        report(f"{name}_pool_nodes_columns", len(columns))
+        if name in PGPOOL_41:
+            assert bal.pgpool_setting("master_slave_mode") == "on", name
+            assert bal.pgpool_setting("master_slave_sub_mode") == "stream", name
+            assert len(columns) == 12 and "pg_status" not in columns, columns
+        else:
+            assert bal.pgpool_setting("backend_clustering_mode") == "streaming_replication"
+            assert len(columns) == 14 and "pg_status" in columns, columns
+    lab.set_hook_config(AUTO)
+
+    def views() -> dict[str, object]:
+        return {name: guard_status(bal).get("view") for name, bal in lab.balancers.items()}
+
+    def known(view: object) -> bool:
+        return isinstance(view, dict) and view.get("state") == "KNOWN"
+
+    wait_until("every guard reads SHOW POOL_NODES", lambda: all(map(known, views().values())), 10)
+    summary = {}
+    for name, view in views().items():
+        assert isinstance(view, dict), (name, view)
+        summary[name] = f"{view['state']}, primary {view['primary']}, {view['backends_up']} up"
+        assert (view["primary"], view["backends_up"], len(view["nodes"])) == (0, 3, 3), view
+    report("guard_views", summary)
+
+
 # -- the old wiring: follow_primary_command = 'hook del %d %P' ------------------------
 
 
@@ -200,6 +275,7 @@ def test_old_wiring_leaves_every_standby_detached_after_a_promotion(
     when it finds the new primary, runs `del 2 0` for it, and nothing attaches it again."""
     lab = promotion_lab
     lab.set_follow(Follow.HOOK_DEL, SEARCH)
+    report("old_wiring_follow_settings", follow_settings(lab, f"{HOOK} del %d %P"))
     cursor = {name: bal.journal_cursor() for name, bal in lab.balancers.items()}
     with RouteWatch(duration=120) as watch:
         promotion = fail_primary_and_promote(lab, watch)
@@ -214,7 +290,8 @@ def test_old_wiring_leaves_every_standby_detached_after_a_promotion(
         assert view == [("down", "standby"), ("up", "primary"), ("down", "standby")], (name, view)
         log = "\n".join(lab.balancers[name].unit_log(cursor[name]))
         assert "follow degeneration" in log, name
-        assert "pgpool-anycast-hook del 2 0" in log, name
+        # pgpool ran the follow command itself (4.1: from follow_master_command).
+        assert executed(lab.balancers[name], cursor[name], f"{HOOK} del 2 0"), name
 
 
 # -- b. the recommended wiring with a fixed primary_node_id = 0 -----------------------
@@ -354,6 +431,8 @@ def test_follow_script_repoints_and_reattaches_the_standbys(
     lab = promotion_lab
     lab.set_hook_config({"primary_node_id": primary_node_id})
     lab.set_follow(Follow.SCRIPT, SEARCH)
+    settings = follow_settings(lab, lab.wiring.commands(Follow.SCRIPT)["follow_command"])
+    report("follow_script_follow_settings", settings)
     cursor = {name: bal.journal_cursor() for name, bal in lab.balancers.items()}
     with RouteWatch(duration=120) as watch:
         promotion = fail_primary_and_promote(lab, watch)
@@ -373,8 +452,11 @@ def test_follow_script_repoints_and_reattaches_the_standbys(
     assert "pg3" in postgres.streaming_from(PG2)  # re-pointed by the script, not the test
     for name, view in views.items():
         assert view == [("down", "standby"), ("up", "primary"), ("up", "standby")], (name, view)
+        ran = executed(lab.balancers[name], cursor[name], "")
+        assert any(FOLLOW_SCRIPT in line for line in ran), ran  # 4.1: follow_master_command
         lines = follow_lines(lab.balancers[name], cursor[name])
         assert any("node 0: " in line and "left detached" in line for line in lines), lines
+        assert any("node 2: streams from node 1" in line for line in lines), lines
         hook = "\n".join(lab.balancers[name].hook_lines(cursor[name]))
         assert "action=add node=1" in hook, hook
     if primary_node_id == "auto":

@@ -25,3 +25,18 @@ def test_parallel_updates_lose_nothing(tmp_path: Path, monkeypatch: pytest.Monke
     assert sorted(p.name for p in state.load().processes) == sorted(names)
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")]
     assert leftovers == []
+
+
+def test_each_balancer_keeps_its_pgpool_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lab reuses a running lab only if bal3 runs pgpool 4.1: the version must survive
+    a save and load, and a state written before it was recorded loads as unknown ("")."""
+    monkeypatch.setattr(state, "LAB_DIR", tmp_path)
+    monkeypatch.setattr(state, "STATE_FILE", tmp_path / "state.json")
+    nspawn = state.ProcessRecord("lab-bal3", 10, 1)
+    state.save(state.LabState(containers=[state.ContainerRecord("lab-bal3", nspawn, 11, "4.1.4")]))
+    assert [c.pgpool for c in state.load().containers] == ["4.1.4"]
+    older = '{"containers": [{"name": "lab-bal1", "nspawn": {"name": "lab-bal1", "pid": 1,'
+    (tmp_path / "state.json").write_text(older + ' "start_ticks": 2}, "pid1": 3}]}')
+    assert [c.pgpool for c in state.load().containers] == [""]
