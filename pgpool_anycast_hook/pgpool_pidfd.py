@@ -4,7 +4,8 @@ A pidfd becomes readable the moment its process exits, so the guard can withdraw
 before systemd even starts the unit's stop sequence. The pid comes from pgpool's
 pid file when the guard may read it (it is pgpool's user's, mode 0600), else from
 /proc: the process named `pgpool` whose parent is not a pgpool, run by pgpool's
-user. The race: between learning a pid and opening its pidfd the process may
+user, in the guard's network namespace (when the guard may see which one that
+is). The race: between learning a pid and opening its pidfd the process may
 exit and the pid be reused. So the pidfd is opened first and the process checked
 afterwards, through /proc, and then the pidfd is asked (a null signal, and poll:
 a zombie answers the signal but its pidfd is readable) whether its process still
@@ -59,8 +60,26 @@ def find_main_pid(pid_file: str, uid: int | None) -> int | None:
         names = os.listdir("/proc")
     except OSError:
         return None
-    mains = [int(n) for n in names if n.isdigit() and is_main_pgpool(int(n), uid)]
+    mains = [int(n) for n in names
+             if n.isdigit() and is_main_pgpool(int(n), uid) and _our_network(int(n))]  # fmt: skip
     return min(mains) if len(mains) == 1 else None  # two pgpools: not knowable which
+
+
+def _our_network(pid: int) -> bool:
+    """Does `pid` live in the guard's network namespace, where its addresses are?
+
+    A pgpool of another namespace (a container's, another test's) serves other
+    addresses. Reading another user's namespace link needs ptrace access, which the
+    guard's own user lacks for pgpool's processes: then this cannot tell, and says yes.
+    """
+    try:
+        theirs = os.stat(f"/proc/{pid}/ns/net")
+        ours = os.stat("/proc/self/ns/net")
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino)
 
 
 def open_pidfd(pid: int, uid: int | None) -> int | None:

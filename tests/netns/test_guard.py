@@ -528,6 +528,35 @@ def test_a_zombie_pgpool_is_not_followed(bed: Bed) -> None:
     assert guard.poll() is None
 
 
+def test_a_pgpool_of_another_network_namespace_is_not_followed(bed: Bed) -> None:
+    """A pgpool of the same user elsewhere (a container's, another test's) serves other
+    addresses: with no pid file to go by, the guard must not take it for its own."""
+    other = f"{bed.netns}-x"
+    subprocess.run(["ip", "netns", "add", other], check=True, timeout=10)
+    elsewhere = bed.root / "elsewhere"
+    elsewhere.mkdir()
+    shutil.chown(elsewhere, "postgres", "postgres")
+    stranger = None
+    try:
+        stranger = subprocess.Popen(
+            ["ip", "netns", "exec", other, *AS_POSTGRES, PYTHON, "-c", ANSWERING_PGPOOL,
+             str(elsewhere / "pgpool.pid"), str(elsewhere / f".s.PGSQL.{PORT}")],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True, start_new_session=True,
+        )  # fmt: skip
+        assert read_line(stranger, START_BOUND) == "ready"
+        since = time.monotonic()
+        guard = bed.start_guard()
+        time.sleep(6 * INTERVAL)
+        assert not bed.syslog.events(since, event="pgpool-found"), bed.diagnostics()
+        pgpool = bed.start_pgpool()  # its own pgpool, in its namespace: followed
+        found = bed.syslog.wait_for(START_BOUND, since, event="pgpool-found")
+        assert found is not None and found["pgpool_pid"] == str(pgpool.pid), bed.diagnostics()
+        assert guard.poll() is None
+    finally:
+        stop_process(stranger, gently=False)
+        subprocess.run(["ip", "netns", "del", other], check=False, timeout=10)
+
+
 # -- 2. the probe: a stopped pgpool ------------------------------------------------------
 
 
@@ -552,7 +581,9 @@ def test_a_stopped_pgpool_is_withdrawn_and_comes_back_after_the_hold_down(bed: B
     assert back is not None, f"not back after SIGCONT:\n{bed.diagnostics()}"
     assert back >= HOLD_DOWN, f"announced {back:.2f} s after SIGCONT, before the hold-down"
     assert bed.syslog.events(continued_at, transition="WITHDRAWN->HOLDING_DOWN"), bed.diagnostics()
-    assert bed.syslog.events(continued_at, transition="HOLDING_DOWN->ANNOUNCED"), bed.diagnostics()
+    # The address comes first and its line a moment later: wait for the line (bounded).
+    line = bed.syslog.wait_for(2.0, continued_at, transition="HOLDING_DOWN->ANNOUNCED")
+    assert line is not None, bed.diagnostics()
     assert guard.poll() is None
 
 
@@ -682,16 +713,23 @@ def test_a_pgpool_restart_loop_announces_at_most_once_per_hold_down(bed: Bed) ->
     first_absent = next((at for at, seen in changes if not seen and at > deaths[0]), None)
     assert first_absent is not None and first_absent - deaths[0] < 1.0, (changes, deaths)
     # ... and no life of 0.4 s is long enough to announce again during the loop.
-    announcements = [at for at, seen in changes if seen and at > deaths[0]]
+    # changes[0] is the sampler's first look (present since before the loop), whenever
+    # its thread got to it: only later entries are announcements.
+    announcements = [at for at, seen in changes[1:] if seen and at > deaths[0]]
     assert announcements and announcements[0] >= loop_ended, (
         f"announced during the loop at {[round(a - loop_started, 2) for a in announcements]}"
         f" (deaths at {[round(d - loop_started, 2) for d in deaths]}):\n{bed.diagnostics()}"
     )
     assert announcements[0] - deaths[-1] >= HOLD_DOWN, (announcements, deaths)
+
     # The guard's own lines say the same: one announcement after the first withdrawal.
-    ups = bed.syslog.events(deaths[0], transition="HOLDING_DOWN->ANNOUNCED")
-    ups += bed.syslog.events(deaths[0], transition="WITHDRAWN->ANNOUNCED")
-    assert len(ups) == 1, f"{len(ups)} announcements:\n{bed.syslog.text()}"
+    def ups() -> list[tuple[float, dict[str, str]]]:
+        return bed.syslog.events(deaths[0], transition="HOLDING_DOWN->ANNOUNCED") + (
+            bed.syslog.events(deaths[0], transition="WITHDRAWN->ANNOUNCED")
+        )
+
+    wait_until(lambda: bool(ups()), 2.0)  # the line follows the address by a moment
+    assert len(ups()) == 1, f"{len(ups())} announcements:\n{bed.syslog.text()}"
     for earlier, later in itertools.pairwise(announcements):
         assert later - earlier >= HOLD_DOWN
     assert guard.poll() is None
