@@ -116,6 +116,7 @@ class Guard:
         self.event_withdrawn_at = 0.0  # when; with "auto", a later answer of pgpool ends it
         self.drained = False  # `drain` withdrew for a planned stop; until a new pgpool or `add`
         self.verdict = policy.Verdict(False, "start", "start")  # the last one, for status
+        self.seen: policy.Facts | None = None  # what it was decided from, for the metrics
         self.transitions: dict[str, int] = {}  # by reason code, for the metrics
         self.last_transition = {"at": time.time(), "to": self.state.phase.value, "reason": "start"}
         self.renewed_at: float | None = None
@@ -373,7 +374,8 @@ class Guard:
     def evaluate(self, why: str) -> list[str]:
         """One decision: policy.verdict, then guard_state.step, then the action."""
         now = time.monotonic()
-        verdict = self.verdict = policy.verdict(self.facts())
+        self.seen = self.facts()
+        verdict = self.verdict = policy.verdict(self.seen)
         probe_known = self.health.health is not Health.INIT
         probe_known = probe_known and self.follower.view.state is not ViewState.INIT
         before = self.state
@@ -519,7 +521,7 @@ class Guard:
             phase=self.state.phase.value,
             desired=self.verdict.present,
             reason_code=self.verdict.code,
-            hold=read_hold(self.config.state_dir) is not None,
+            hold=self.seen is not None and self.seen.hold,  # read once per tick, in facts()
             hold_down_left=hold_down_left(self.state, time.monotonic(), self.config.hold_down),
             addresses=tuple(metrics.AddressMetric(str(a), up, left) for a in self.config.addresses),
             transitions=dict(self.transitions),
