@@ -42,6 +42,7 @@ from lab.measure import RouteWatch, connect_many
 from lab.topology import Lab
 from pgpool_anycast_hook.config import Config
 from tests.lab.conftest import Report
+from tests.lab.test_guard_lab import wait_until
 
 PG1, PG2, PG3 = BACKENDS  # nodes 0, 1, 2
 DEFAULTS = Config()  # the lab's guard runs with the defaults
@@ -71,16 +72,6 @@ def promotion_lab(lab: Lab, report: Report) -> Iterator[Lab]:
 
 
 # -- helpers -----------------------------------------------------------------------
-
-
-def wait_until(what: str, ready: Callable[[], bool], timeout: float, every: float = 0.2) -> float:
-    """Poll `ready` until it holds (bounded in time); returns time.monotonic() then."""
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout:g} s")
-        time.sleep(every)
-    return time.monotonic()
 
 
 def statuses(bal: Balancer) -> list[str]:
