@@ -4,6 +4,7 @@ Runs inside the client namespace (`ip netns exec lab-client /usr/bin/python3 -m 
 Attempt i starts at t0 + i/rate whatever happened to the others (a thread each, bounded
 in number), opens a new connection, runs one query and closes. Prints one JSON document:
 {"t0": ..., "attempts": [[start, end, ok, balancer_or_error, backend], ...]}.
+SIGUSR1 ends it early: no attempt starts after it, and those in flight finish.
 Bounded: at most MAX_ATTEMPTS attempts and MAX_DURATION seconds.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +48,8 @@ def main() -> None:
     count = min(round(args.rate * duration), MAX_ATTEMPTS)
     results: list[tuple[float, float, bool, str, str]] = []
     lock = threading.Lock()
+    stop = threading.Event()
+    signal.signal(signal.SIGUSR1, lambda _signum, _frame: stop.set())
 
     def one() -> None:
         outcome = attempt(args.target, args.port, args.timeout)
@@ -56,8 +60,8 @@ def main() -> None:
     with ThreadPoolExecutor(max_workers=args.workers) as pool:
         for i in range(count):
             delay = t0 + i / args.rate - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
+            if stop.wait(max(delay, 0.0)):
+                break
             pool.submit(one)
     results.sort()
     print(json.dumps({"t0": t0, "rate": args.rate, "attempts": results}))

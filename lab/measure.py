@@ -7,6 +7,7 @@ CLOCK_MONOTONIC timestamps, which this process compares with its own time.monoto
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import threading
 import time
@@ -151,6 +152,11 @@ class Load:
             text=True,
         )
 
+    def stop(self) -> None:
+        """No new attempt from now on; result() then returns as soon as those in flight end."""
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGUSR1)
+
     def result(self) -> LoadResult:
         out, _ = self._proc.communicate(timeout=self.duration + 60)
         if self._proc.returncode != 0:
@@ -206,10 +212,13 @@ def planned_stop_under_load(
     seconds: float,
     lead: float = 1.5,
     while_withdrawn: Callable[[], object] | None = None,
+    tail: float = 1.5,
 ) -> PlannedStop:
-    """Load from the client for `seconds`; after `lead` s run `stop_and_start` (in a
-    thread) and follow the router's next hop `hop` out and back in. `while_withdrawn`
-    runs as soon as the router has dropped the hop."""
+    """Load from the client for at least `seconds`, and at least `tail` s after the
+    balancer is back; after `lead` s run `stop_and_start` (in a thread) and follow the
+    router's next hop `hop` out and back in. `while_withdrawn` runs as soon as the
+    router has dropped the hop. A slow machine makes the load longer, never the part
+    after the return shorter."""
     errors: list[BaseException] = []
 
     def guarded() -> None:
@@ -219,22 +228,27 @@ def planned_stop_under_load(
             errors.append(error)
 
     with RouteWatch(duration=seconds + 120) as watch:
-        load = Load(rate=rate, duration=seconds)
-        time.sleep(lead)
-        worker = threading.Thread(target=guarded)
-        started_at = time.monotonic()
-        worker.start()
+        loaded_at = time.monotonic()
+        load = Load(rate=rate, duration=seconds + 90.0)
         try:
-            withdrawn_at, hops = watch.wait_for(lambda h: hop not in h, 30.0, after=started_at)
-            seen = while_withdrawn() if while_withdrawn else None
-            back_at, _ = watch.wait_for(lambda h: hop in h, 90.0, after=withdrawn_at)
-        except TimeoutError:
+            time.sleep(lead)
+            worker = threading.Thread(target=guarded)
+            started_at = time.monotonic()
+            worker.start()
+            try:
+                withdrawn_at, hops = watch.wait_for(lambda h: hop not in h, 30.0, after=started_at)
+                seen = while_withdrawn() if while_withdrawn else None
+                back_at, _ = watch.wait_for(lambda h: hop in h, 90.0, after=withdrawn_at)
+            except TimeoutError:
+                worker.join(timeout=120.0)
+                if errors:  # the command failed: that is the news, not the route
+                    raise errors[0] from None
+                raise
             worker.join(timeout=120.0)
-            if errors:  # the command failed: that is the news, not the route
-                raise errors[0] from None
-            raise
-        worker.join(timeout=120.0)
-        finished_at = time.monotonic()
+            finished_at = time.monotonic()
+            time.sleep(max(0.0, max(loaded_at + seconds, back_at + tail) - time.monotonic()))
+        finally:
+            load.stop()
         result = load.result()
     if errors:
         raise errors[0]
