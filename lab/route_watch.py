@@ -21,6 +21,8 @@ MAX_DURATION = 300.0
 def anycast_hops(ipr: IPRoute, address: str) -> list[str]:
     hops: list[str] = []
     for route in ipr.route("dump", family=2):
+        if route.get_attr("RTA_TABLE") != 254:  # the main table: zebra's (lab.resilient's
+            continue  # copy of the route in its own table is not a second set of hops)
         if route.get_attr("RTA_DST") != address or route["dst_len"] != 32:
             continue
         if route.get_attr("RTA_GATEWAY"):
