@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import subprocess
 import threading
@@ -37,8 +38,11 @@ from lab.hosts import ANYCAST, ROUTER
 MAIN_TABLE = 254  # zebra's routes
 TABLE = "4242"  # the mirror's own routing table
 RULE_PRIORITY = "4242"  # before the main table's rule (32766)
-GROUP_ID = 424200  # nexthop ids well above the small ones zebra allocates
-HOP_ID_BASE = 424201
+# Nexthop ids well above the small ones zebra allocates, new for each run: zebra learns
+# the kernel's nexthop objects and puts back, as its own hash-threshold ones, those a
+# mirror deleted, so an id is never used twice.
+GROUP_ID = 4_000_000 + 16 * (os.getpid() % 100_000)
+HOP_ID_BASE = GROUP_ID + 1
 BUCKETS = 128
 IDLE_TIMER = 1  # seconds: a bucket idle this long may move to a returning next hop
 MAX_DURATION = 600.0
@@ -108,7 +112,7 @@ def main() -> None:
     deadline = time.monotonic() + min(args.duration, MAX_DURATION)
     ids: dict[str, int] = {}
     last: list[tuple[str, int]] | None = None
-    clean_up(ids)
+    clean_up(ids)  # a rule left by a mirror that was killed
     ip("rule", "add", "to", f"{ANYCAST}/32", "lookup", TABLE, "priority", RULE_PRIORITY)
     try:
         with IPRoute() as ipr:
