@@ -26,13 +26,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.netns.routing_daemons import (  # noqa: E402
+from tests.netns.routing_daemons import (
     ANYCAST4,
     ANYCAST6,
+    BIRDC,
     LINK4,
     LINK6,
     OTHER4,
-    BIRDC,
     Bird,
     Frr,
     Pair,
@@ -98,14 +98,39 @@ def record_frr(root: Path) -> None:
 
         wait_until(lambda: ospf_has(ours), 10.0, "ospfd's external LSA")
         wait_until(lambda: "advertisedTo" in a.vtysh(bgp(ANYCAST4), daemon="bgpd"), 10.0, "adj-out")
-        wait_until(lambda: "advertisedTo" in a.vtysh(bgp(ANYCAST6), daemon="bgpd"), 10.0, "adj-out6")
+        wait_until(
+            lambda: "advertisedTo" in a.vtysh(bgp(ANYCAST6), daemon="bgpd"), 10.0, "adj-out6"
+        )
         wait_until(lambda: "ASE" in a.vtysh(OSPF6, daemon="ospf6d"), 10.0, "ospf6d's LSA")
         situation = f"{ANYCAST4}, {OTHER4}, {ANYCAST6} on lo; only {ANYCAST4} and {ANYCAST6} pass the route-maps; BGP peers established"
-        rec.save("ospf-announced.json", a.vtysh(OSPF, daemon="ospfd"), OSPF, situation, announced=[ANYCAST4])
-        rec.save("ospf6-announced.json", a.vtysh(OSPF6, daemon="ospf6d"), OSPF6, situation, announced=[ANYCAST6])
-        for prefix, file in ((ANYCAST4, "bgp4-announced.json"), (OTHER4, "bgp4-filtered.json"), (ANYCAST6, "bgp6-announced.json")):
+        rec.save(
+            "ospf-announced.json",
+            a.vtysh(OSPF, daemon="ospfd"),
+            OSPF,
+            situation,
+            announced=[ANYCAST4],
+        )
+        rec.save(
+            "ospf6-announced.json",
+            a.vtysh(OSPF6, daemon="ospf6d"),
+            OSPF6,
+            situation,
+            announced=[ANYCAST6],
+        )
+        for prefix, file in (
+            (ANYCAST4, "bgp4-announced.json"),
+            (OTHER4, "bgp4-filtered.json"),
+            (ANYCAST6, "bgp6-announced.json"),
+        ):
             peers = [] if prefix == OTHER4 else [LINK4[1] if ":" not in prefix else LINK6[1]]
-            rec.save(file, a.vtysh(bgp(prefix), daemon="bgpd"), bgp(prefix), situation, prefix=prefix, advertised_to=peers)
+            rec.save(
+                file,
+                a.vtysh(bgp(prefix), daemon="bgpd"),
+                bgp(prefix),
+                situation,
+                prefix=prefix,
+                advertised_to=peers,
+            )
         rec.save(
             "ospf-none.json", b.vtysh(OSPF, daemon="ospfd"), OSPF,
             "the peer's ospfd: router ospf, no redistribute", announced=[],
@@ -115,8 +140,12 @@ def record_frr(root: Path) -> None:
             "the peer's bgpd: the prefix learnt from a, not its own", prefix=ANYCAST4, advertised_to=[],
         )  # fmt: skip
 
-        a.vtysh("configure terminal", "router bgp 65001", f"neighbor {LINK4[1]} shutdown", daemon="bgpd")
-        wait_until(lambda: "advertisedTo" not in a.vtysh(bgp(ANYCAST4), daemon="bgpd"), 10.0, "shutdown")
+        a.vtysh(
+            "configure terminal", "router bgp 65001", f"neighbor {LINK4[1]} shutdown", daemon="bgpd"
+        )
+        wait_until(
+            lambda: "advertisedTo" not in a.vtysh(bgp(ANYCAST4), daemon="bgpd"), 10.0, "shutdown"
+        )
         rec.save(
             "bgp4-peer-shutdown.json", a.vtysh(bgp(ANYCAST4), daemon="bgpd"), bgp(ANYCAST4),
             f"{ANYCAST4} on lo, neighbor {LINK4[1]} shutdown", prefix=ANYCAST4, advertised_to=[],
@@ -126,14 +155,27 @@ def record_frr(root: Path) -> None:
             pair.del_address(address)
         wait_until(lambda: _ospf_ages(a) and min(_ospf_ages(a)) >= 3600, 10.0, "MaxAge")  # type: ignore[arg-type, return-value]
         situation = "every address deleted from lo a moment ago: ospfd flushes its LSA at MaxAge"
-        rec.save("ospf-withdrawn.json", a.vtysh(OSPF, daemon="ospfd"), OSPF, situation, announced=[])
-        rec.save("ospf6-withdrawn.json", a.vtysh(OSPF6, daemon="ospf6d"), OSPF6, situation, announced=[])
-        rec.save("bgp6-withdrawn.json", a.vtysh(bgp(ANYCAST6), daemon="bgpd"), bgp(ANYCAST6), situation, prefix=ANYCAST6, advertised_to=[])
+        rec.save(
+            "ospf-withdrawn.json", a.vtysh(OSPF, daemon="ospfd"), OSPF, situation, announced=[]
+        )
+        rec.save(
+            "ospf6-withdrawn.json", a.vtysh(OSPF6, daemon="ospf6d"), OSPF6, situation, announced=[]
+        )
+        rec.save(
+            "bgp6-withdrawn.json",
+            a.vtysh(bgp(ANYCAST6), daemon="bgpd"),
+            bgp(ANYCAST6),
+            situation,
+            prefix=ANYCAST6,
+            advertised_to=[],
+        )
         try:
             text = a.vtysh("show ip ospf database external self-originate jsonx", daemon="ospfd")
         except RuntimeError as error:
             text = str(error)
-        rec.save("error-unknown-command.txt", text, "show ... jsonx", "a command ospfd does not know")
+        rec.save(
+            "error-unknown-command.txt", text, "show ... jsonx", "a command ospfd does not know"
+        )
         rec.close(name)
     finally:
         pair.close()
@@ -142,13 +184,17 @@ def record_frr(root: Path) -> None:
 def _bird_up(bird: Bird, protocol: str) -> bool:
     return any(
         line.split()[0] == protocol and line.split()[3] == "up"
-        for line in (row[5:] for row in bird.birdc("show protocols").splitlines() if row.startswith("1002"))
+        for line in (
+            row[5:] for row in bird.birdc("show protocols").splitlines() if row.startswith("1002")
+        )
         if len(line.split()) > 3
     )
 
 
 def record_bird(root: Path) -> None:
-    version = re.search(r"BIRD (\S+) ready", run([BIRDC, "-s", "/nonexistent", "show status"], check=False))
+    version = re.search(
+        r"BIRD (\S+) ready", run([BIRDC, "-s", "/nonexistent", "show status"], check=False)
+    )
     pair = Pair()
     try:
         a = Bird(pair, "a")
@@ -166,7 +212,9 @@ def record_bird(root: Path) -> None:
 
         wait_until(lambda: ANYCAST4 in a.birdc(route(ANYCAST4, "anycast_ospf")), 10.0, "export")
         wait_until(lambda: ANYCAST4 in a.birdc(route(ANYCAST4, "anycast_bgp")), 10.0, "bgp export")
-        situation = f"{ANYCAST4}, {OTHER4}, {ANYCAST6} on lo; the filters pass {ANYCAST4} and {ANYCAST6}"
+        situation = (
+            f"{ANYCAST4}, {OTHER4}, {ANYCAST6} on lo; the filters pass {ANYCAST4} and {ANYCAST6}"
+        )
         rec.save("show-protocols.txt", a.birdc("show protocols"), "show protocols", situation,
                  protocols={"anycast_ospf": "up", "anycast_ospf6": "up", "anycast_bgp": "up"})  # fmt: skip
         for prefix, protocol, exported, file in (

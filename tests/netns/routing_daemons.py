@@ -16,6 +16,7 @@ pid; every wait is bounded.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -125,10 +126,8 @@ class Pair:
 
     def close(self) -> None:
         for pid in reversed(self.pids):
-            try:
+            with contextlib.suppress(ChildProcessError):
                 self.stop(pid)
-            except ChildProcessError:
-                pass
         self.pids.clear()
         for name in (self.a, self.b):
             subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=20)
@@ -167,6 +166,7 @@ def frr_configs(side: str) -> dict[str, str]:
         + f"router ospf6\n ospf6 router-id {LINK4[me]}\n{redistribute6}exit\n",
         "bgpd": PREFIX_LISTS
         + f"router bgp {asn}\n bgp router-id {LINK4[me]}\n no bgp ebgp-requires-policy\n"
+        + " no bgp network import-check\n"
         + f" neighbor {LINK4[peer]} remote-as {peer_asn}\n"
         + f" neighbor {LINK4[peer]} timers 1 3\n neighbor {LINK4[peer]} timers connect 1\n"
         + f" neighbor {LINK6[peer]} remote-as {peer_asn}\n"
@@ -261,6 +261,9 @@ protocol ospf v3 anycast_ospf6 {{
   ipv6 {{ import none; export {export6}; }};
   area 0 {{ interface "{dev}" {{ hello 1; dead 3; }}; }};
 }}
+# Disabled until a test enables it: a route to the anycast address that is not the
+# address on lo, which the filter exports all the same ("announced but absent").
+protocol static stray {{ disabled; ipv4; route {ANYCAST4} blackhole; }}
 protocol bgp anycast_bgp {{
   local {LINK4[me]} as {asn};
   neighbor {LINK4[peer]} as {peer_asn};
