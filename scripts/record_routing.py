@@ -102,7 +102,10 @@ def record_frr(root: Path) -> None:
             lambda: "advertisedTo" in a.vtysh(bgp(ANYCAST6), daemon="bgpd"), 10.0, "adj-out6"
         )
         wait_until(lambda: "ASE" in a.vtysh(OSPF6, daemon="ospf6d"), 10.0, "ospf6d's LSA")
-        situation = f"{ANYCAST4}, {OTHER4}, {ANYCAST6} on lo; only {ANYCAST4} and {ANYCAST6} pass the route-maps; BGP peers established"
+        situation = (
+            f"{ANYCAST4}, {OTHER4}, {ANYCAST6} on lo; only {ANYCAST4} and {ANYCAST6} "
+            "pass the route-maps; BGP peers established"
+        )
         rec.save(
             "ospf-announced.json",
             a.vtysh(OSPF, daemon="ospfd"),
@@ -132,13 +135,20 @@ def record_frr(root: Path) -> None:
                 advertised_to=peers,
             )
         rec.save(
-            "ospf-none.json", b.vtysh(OSPF, daemon="ospfd"), OSPF,
-            "the peer's ospfd: router ospf, no redistribute", announced=[],
-        )  # fmt: skip
+            "ospf-none.json",
+            b.vtysh(OSPF, daemon="ospfd"),
+            OSPF,
+            "the peer's ospfd: router ospf, no redistribute",
+            announced=[],
+        )
         rec.save(
-            "bgp4-peer-side.json", b.vtysh(bgp(ANYCAST4), daemon="bgpd"), bgp(ANYCAST4),
-            "the peer's bgpd: the prefix learnt from a, not its own", prefix=ANYCAST4, advertised_to=[],
-        )  # fmt: skip
+            "bgp4-peer-side.json",
+            b.vtysh(bgp(ANYCAST4), daemon="bgpd"),
+            bgp(ANYCAST4),
+            "the peer's bgpd: the prefix learnt from a, not its own",
+            prefix=ANYCAST4,
+            advertised_to=[],
+        )
 
         a.vtysh(
             "configure terminal", "router bgp 65001", f"neighbor {LINK4[1]} shutdown", daemon="bgpd"
@@ -147,9 +157,13 @@ def record_frr(root: Path) -> None:
             lambda: "advertisedTo" not in a.vtysh(bgp(ANYCAST4), daemon="bgpd"), 10.0, "shutdown"
         )
         rec.save(
-            "bgp4-peer-shutdown.json", a.vtysh(bgp(ANYCAST4), daemon="bgpd"), bgp(ANYCAST4),
-            f"{ANYCAST4} on lo, neighbor {LINK4[1]} shutdown", prefix=ANYCAST4, advertised_to=[],
-        )  # fmt: skip
+            "bgp4-peer-shutdown.json",
+            a.vtysh(bgp(ANYCAST4), daemon="bgpd"),
+            bgp(ANYCAST4),
+            f"{ANYCAST4} on lo, neighbor {LINK4[1]} shutdown",
+            prefix=ANYCAST4,
+            advertised_to=[],
+        )
 
         for address in (ANYCAST4, OTHER4, ANYCAST6):
             pair.del_address(address)
@@ -215,8 +229,13 @@ def record_bird(root: Path) -> None:
         situation = (
             f"{ANYCAST4}, {OTHER4}, {ANYCAST6} on lo; the filters pass {ANYCAST4} and {ANYCAST6}"
         )
-        rec.save("show-protocols.txt", a.birdc("show protocols"), "show protocols", situation,
-                 protocols={"anycast_ospf": "up", "anycast_ospf6": "up", "anycast_bgp": "up"})  # fmt: skip
+        rec.save(
+            "show-protocols.txt",
+            a.birdc("show protocols"),
+            "show protocols",
+            situation,
+            protocols={"anycast_ospf": "up", "anycast_ospf6": "up", "anycast_bgp": "up"},
+        )
         for prefix, protocol, exported, file in (
             (ANYCAST4, "anycast_ospf", True, "route-ospf-exported.txt"),
             (OTHER4, "anycast_ospf", False, "route-ospf-filtered.txt"),
@@ -224,26 +243,54 @@ def record_bird(root: Path) -> None:
             (ANYCAST6, "anycast_ospf", False, "route-ospf-other-family.txt"),
             (ANYCAST4, "anycast_bgp", True, "route-bgp-exported.txt"),
         ):
-            rec.save(file, a.birdc(route(prefix, protocol)), route(prefix, protocol), situation,
-                     prefix=prefix, exported=exported)  # fmt: skip
-        rec.save("route-no-such-protocol.txt", a.birdc(route(ANYCAST4, "nosuch")),
-                 route(ANYCAST4, "nosuch"), "a protocol name BIRD does not know", error=True)  # fmt: skip
+            rec.save(
+                file,
+                a.birdc(route(prefix, protocol)),
+                route(prefix, protocol),
+                situation,
+                prefix=prefix,
+                exported=exported,
+            )
+        rec.save(
+            "route-no-such-protocol.txt",
+            a.birdc(route(ANYCAST4, "nosuch")),
+            route(ANYCAST4, "nosuch"),
+            "a protocol name BIRD does not know",
+            error=True,
+        )
 
         a.birdc("disable anycast_ospf")
         wait_until(lambda: not _bird_up(a, "anycast_ospf"), 10.0, "anycast_ospf down")
         situation = f"{ANYCAST4} on lo, `disable anycast_ospf`"
-        rec.save("show-protocols-disabled.txt", a.birdc("show protocols"), "show protocols", situation,
-                 protocols={"anycast_ospf": "down", "anycast_ospf6": "up", "anycast_bgp": "up"})  # fmt: skip
-        rec.save("route-ospf-disabled.txt", a.birdc(route(ANYCAST4, "anycast_ospf")),
-                 route(ANYCAST4, "anycast_ospf"), situation, prefix=ANYCAST4, exported=False)  # fmt: skip
+        rec.save(
+            "show-protocols-disabled.txt",
+            a.birdc("show protocols"),
+            "show protocols",
+            situation,
+            protocols={"anycast_ospf": "down", "anycast_ospf6": "up", "anycast_bgp": "up"},
+        )
+        rec.save(
+            "route-ospf-disabled.txt",
+            a.birdc(route(ANYCAST4, "anycast_ospf")),
+            route(ANYCAST4, "anycast_ospf"),
+            situation,
+            prefix=ANYCAST4,
+            exported=False,
+        )
         a.birdc("enable anycast_ospf")
 
         for address in (ANYCAST4, OTHER4, ANYCAST6):
             pair.del_address(address)
         wait_until(lambda: "8001" in a.birdc(route(ANYCAST4, "anycast_bgp")), 10.0, "withdrawal")
         situation = "every address deleted from lo"
-        rec.save("route-bgp-withdrawn.txt", a.birdc(route(ANYCAST4, "anycast_bgp")),
-                 route(ANYCAST4, "anycast_bgp"), situation, prefix=ANYCAST4, exported=False)  # fmt: skip
+        rec.save(
+            "route-bgp-withdrawn.txt",
+            a.birdc(route(ANYCAST4, "anycast_bgp")),
+            route(ANYCAST4, "anycast_bgp"),
+            situation,
+            prefix=ANYCAST4,
+            exported=False,
+        )
         rec.close(name)
     finally:
         pair.close()
