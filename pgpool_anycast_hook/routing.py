@@ -249,8 +249,10 @@ def _ask_frr(
 
 def _bird(config: Config, command: str, clock: _Clock) -> str:
     # -r: restricted, only `show` commands; -v: BIRD's reply codes on every line.
+    # birdc exits 1 after an error reply too ("8001 Network not found"): the replies
+    # decide; only without BIRD's greeting (0001) did it not get an answer at all.
     code, out, err = _run([BIRDC, "-r", "-v", "-s", config.bird_socket, command], clock)
-    if code != 0:
+    if not out.startswith("0001 "):
         raise _Unknown(f"birdc exited {code}: {_first_line(err, out)}")
     return out
 

@@ -26,6 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from pgpool_anycast_hook.routing_parse import bird_protocols
 from tests.netns.routing_daemons import (
     ANYCAST4,
     ANYCAST6,
@@ -33,6 +34,7 @@ from tests.netns.routing_daemons import (
     LINK4,
     LINK6,
     OTHER4,
+    VTYSH,
     Bird,
     Frr,
     Pair,
@@ -79,7 +81,7 @@ def _ospf_ages(frr: Frr) -> list[int]:
 
 
 def record_frr(root: Path) -> None:
-    version = re.search(r"FRRouting (\S+)", run(["/usr/bin/vtysh", "--version"]))
+    version = re.search(r"zebra version (\S+)", run(["/usr/lib/frr/zebra", "--version"]))
     name = f"frr-{version.group(1) if version else 'unknown'}"
     rec = Recorder(root / name)
     pair = Pair()
@@ -183,26 +185,18 @@ def record_frr(root: Path) -> None:
             prefix=ANYCAST6,
             advertised_to=[],
         )
-        try:
-            text = a.vtysh("show ip ospf database external self-originate jsonx", daemon="ospfd")
-        except RuntimeError as error:
-            text = str(error)
-        rec.save(
-            "error-unknown-command.txt", text, "show ... jsonx", "a command ospfd does not know"
-        )
+        wrong = "show ip ospf database external self-originate jsonx"
+        argv = [VTYSH, "--vty_socket", str(a.directory), "-d", "ospfd", "-c", wrong]
+        text = run(argv, check=False)  # vtysh exits 1 and says why on stdout
+        rec.save("error-unknown-command.txt", text, wrong, "a command ospfd does not know")
         rec.close(name)
     finally:
         pair.close()
 
 
 def _bird_up(bird: Bird, protocol: str) -> bool:
-    return any(
-        line.split()[0] == protocol and line.split()[3] == "up"
-        for line in (
-            row[5:] for row in bird.birdc("show protocols").splitlines() if row.startswith("1002")
-        )
-        if len(line.split()) > 3
-    )
+    states = {p.name: p.state for p in bird_protocols(bird.birdc("show protocols"))}
+    return states.get(protocol) == "up"
 
 
 def record_bird(root: Path) -> None:
@@ -296,11 +290,46 @@ def record_bird(root: Path) -> None:
         pair.close()
 
 
+def derive_frr10(source: Path, out: Path) -> None:
+    """FRR 10.3's shapes from the FRR 8.4 recordings, as its source prints them (no run).
+
+    Only ospfd's AS-external list differs: an array under "asExternalLinkStates" instead
+    of an object keyed by link-state ID under "AS External Link States"
+    (show_lsa_detail_adv_router() in ospfd/ospf_vty.c at tag frr-10.3.1).
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    index = json.loads((source / "index.json").read_text())
+    for name in list(index):
+        if name.startswith("_"):
+            continue
+        text = (source / name).read_text()
+        if name.startswith("ospf-"):
+            document = json.loads(text)
+            lsas = document.pop("AS External Link States", {})
+            document["asExternalLinkStates"] = list(lsas.values())
+            text = json.dumps(document, indent=2) + "\n"
+        (out / name).write_text(text)
+    index["_source"] = {
+        "version": "frr-10.3.1, from its source: not recorded",
+        "made_by": f"scripts/record_routing.py --frr10-from {source.name}",
+    }
+    (out / "index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--only", choices=("frr", "bird"))
+    parser.add_argument(
+        "--frr10-from",
+        type=Path,
+        metavar="DIR",
+        help="derive OUT/frr-10.3-source from the FRR 8.4 recordings in DIR",
+    )
     args = parser.parse_args()
+    if args.frr10_from:
+        derive_frr10(args.frr10_from, args.out / "frr-10.3-source")
+        return 0
     if args.only != "bird":
         record_frr(args.out)
     if args.only != "frr":

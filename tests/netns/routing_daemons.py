@@ -217,8 +217,6 @@ class Frr:
             "-g", "frr",
             "--log", f"file:{d / (daemon + '.log')}",
         ]  # fmt: skip
-        if daemon == "bgpd":
-            argv += ["-l", LINK4[0 if self.netns == self.pair.a else 1]]
         if Path("/run/frr").is_dir():
             # ospfd and ospf6d keep graceful-restart state in /run/frr: give them ours.
             argv = [
@@ -281,6 +279,7 @@ class Bird:
         self.netns = pair.a if side == "a" else pair.b
         self.directory = pair.root / f"bird-{side}"
         self.directory.mkdir()
+        shutil.chown(self.directory, "bird", "bird")  # its pid file is written as bird
         os.chmod(self.directory, 0o755)
         self.socket = self.directory / "bird.ctl"
         conf = self.directory / "bird.conf"
@@ -292,4 +291,5 @@ class Bird:
         wait_until(self.socket.exists, 10.0, "BIRD's control socket")
 
     def birdc(self, command: str) -> str:
-        return run([BIRDC, "-s", str(self.socket), "-v", command], timeout=10.0)
+        """birdc -v's answer; it exits 1 after an error reply, which is an answer too."""
+        return run([BIRDC, "-s", str(self.socket), "-v", command], timeout=10.0, check=False)

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from pgpool_anycast_hook.routing_parse import bird_protocols
 from tests.netns.conftest import HookSetup, require_root
 from tests.netns.routing_daemons import (
     ANYCAST4,
@@ -240,11 +241,8 @@ def test_frr_bgp(hook: HookSetup, pair: Pair, pgpool: FakePgpool) -> None:
 
 
 def _bird_state(bird: Bird, protocol: str) -> str:
-    for row in bird.birdc("show protocols").splitlines():
-        fields = row[5:].split()
-        if row.startswith("1002") and fields and fields[0] == protocol:
-            return fields[3]
-    return "missing"
+    states = {p.name: p.state for p in bird_protocols(bird.birdc("show protocols"))}
+    return states.get(protocol, "missing")
 
 
 def test_bird(hook: HookSetup, pair: Pair, pgpool: FakePgpool) -> None:
