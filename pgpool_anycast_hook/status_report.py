@@ -77,8 +77,10 @@ def report(
 
 
 def _announced(routing: "RoutingAnswer | None", network: Any) -> dict[str, Any]:
-    """Per address: null unless the daemon was asked and answered."""
-    if routing is None or routing.state != "ok":
+    """Per address, with --routing only: null unless the daemon was asked and answered."""
+    if routing is None:
+        return {}
+    if routing.state != "ok":
         return {"announced": None, "announced_by": None}
     by = routing.announced_by.get(network, ())
     return {"announced": bool(by), "announced_by": list(by)}

@@ -138,6 +138,7 @@ def test_drift_both_ways_and_unknown() -> None:
     assert status_report.exit_code({"matches": True, "routing": report}) == ExitCode.OK
     assert status_report.exit_code({"matches": False, "routing": report}) == ExitCode.DRIFT
     assert status_report._routing_row(report).startswith("bird: unknown (permission denied")
+    assert status_report._announced(None, A4.network) == {}  # without --routing: no keys
     assert status_report._announced(unknown, A4.network) == {
         "announced": None,
         "announced_by": None,
