@@ -69,12 +69,19 @@ def _age(entry: dict[str, Any], key: str) -> int:
     return age
 
 
+# What ospfd says, in text even when asked for JSON, without `router ospf`: it
+# originates nothing (8.4: "not enabled on vrf default"; 10.x answers `{}`).
+_NO_OSPF = ("% OSPF is not enabled", "% OSPF instance not found")
+
+
 def frr_ospf_external(text: str) -> set[ipaddress.IPv4Network]:
     """`show ip ospf database external self-originate json`: the prefixes ospfd originates.
 
     An LSA at MaxAge is a withdrawal still being flooded, so it does not count.
-    ospfd without `router ospf` answers `{}`: nothing originated.
+    ospfd without `router ospf` originates nothing.
     """
+    if text.strip().startswith(_NO_OSPF):
+        return set()
     document = _document(text)
     if not document:
         return set()
@@ -106,7 +113,12 @@ def _ospf_prefix(entry: dict[str, Any]) -> ipaddress.IPv4Network:
 
 
 def frr_ospf6_external(text: str) -> set[ipaddress.IPv6Network]:
-    """`show ipv6 ospf6 database as-external self-originated json`: what ospf6d originates."""
+    """`show ipv6 ospf6 database as-external self-originated json`: what ospf6d originates.
+
+    ospf6d without `router ospf6` answers nothing at all (8.4): it originates nothing.
+    """
+    if not text.strip():
+        return set()
     document = _document(text)
     if not document:
         return set()

@@ -189,6 +189,28 @@ def record_frr(root: Path) -> None:
         argv = [VTYSH, "--vty_socket", str(a.directory), "-d", "ospfd", "-c", wrong]
         text = run(argv, check=False)  # vtysh exits 1 and says why on stdout
         rec.save("error-unknown-command.txt", text, wrong, "a command ospfd does not know")
+    finally:
+        pair.close()
+    pair = Pair()
+    try:
+        bare = {d: "hostname rt-bare\n" for d in ("zebra", "ospfd", "ospf6d", "bgpd")}
+        c = Frr(pair, "a", ("ospfd", "ospf6d", "bgpd"), configs=bare)
+        pair.add_address(ANYCAST4)
+        situation = "daemons running without router ospf / router ospf6 / router bgp"
+        for file, daemon, command in (
+            ("ospf-no-instance.txt", "ospfd", OSPF),
+            ("ospf6-no-instance.txt", "ospf6d", OSPF6),
+        ):
+            text = c.vtysh(command, daemon=daemon)
+            rec.save(file, text, command, situation, announced=[])
+        rec.save(
+            "bgp4-no-instance.json",
+            c.vtysh(bgp(ANYCAST4), daemon="bgpd"),
+            bgp(ANYCAST4),
+            situation,
+            prefix=ANYCAST4,
+            advertised_to=[],
+        )
         rec.close(name)
     finally:
         pair.close()
@@ -293,9 +315,11 @@ def record_bird(root: Path) -> None:
 def derive_frr10(source: Path, out: Path) -> None:
     """FRR 10.3's shapes from the FRR 8.4 recordings, as its source prints them (no run).
 
-    Only ospfd's AS-external list differs: an array under "asExternalLinkStates" instead
-    of an object keyed by link-state ID under "AS External Link States"
-    (show_lsa_detail_adv_router() in ospfd/ospf_vty.c at tag frr-10.3.1).
+    Only ospfd differs: its AS-external list is an array under "asExternalLinkStates"
+    instead of an object keyed by link-state ID under "AS External Link States"
+    (show_lsa_detail_adv_router() in ospfd/ospf_vty.c at tag frr-10.3.1), and without
+    `router ospf` it answers `{}` where 8.4 says "% OSPF is not enabled on vrf default"
+    (DEFPY show_ip_ospf_database).
     """
     out.mkdir(parents=True, exist_ok=True)
     index = json.loads((source / "index.json").read_text())
@@ -303,7 +327,9 @@ def derive_frr10(source: Path, out: Path) -> None:
         if name.startswith("_"):
             continue
         text = (source / name).read_text()
-        if name.startswith("ospf-"):
+        if name == "ospf-no-instance.txt":
+            text = "{}\n"  # the DEFPY answers an empty object when it finds no instance
+        elif name.startswith("ospf-"):
             document = json.loads(text)
             lsas = document.pop("AS External Link States", {})
             document["asExternalLinkStates"] = list(lsas.values())

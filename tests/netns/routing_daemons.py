@@ -181,7 +181,13 @@ def frr_configs(side: str) -> dict[str, str]:
 class Frr:
     """zebra plus the given daemons of one side, every path in `directory`."""
 
-    def __init__(self, pair: Pair, side: str, daemons: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        pair: Pair,
+        side: str,
+        daemons: tuple[str, ...],
+        configs: dict[str, str] | None = None,
+    ) -> None:
         self.pair = pair
         self.netns = pair.a if side == "a" else pair.b
         self.directory = pair.root / f"frr-{side}"
@@ -189,7 +195,7 @@ class Frr:
         shutil.chown(self.directory, "frr", "frr")
         os.chmod(self.directory, 0o755)
         self.pids: dict[str, int] = {}
-        configs = frr_configs(side)
+        configs = configs or frr_configs(side)
         for daemon in ("zebra", *daemons):
             conf = self.directory / f"{daemon}.conf"
             conf.write_text(configs[daemon])

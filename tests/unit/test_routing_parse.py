@@ -95,6 +95,13 @@ def test_ospf_both_shapes_and_maxage() -> None:
     assert frr_ospf_external('{"routerId": "10.0.0.1"}') == set()
 
 
+def test_no_instance_is_nothing_originated() -> None:
+    assert frr_ospf_external("% OSPF is not enabled on vrf default\n") == set()  # 8.4
+    assert frr_ospf_external("% OSPF instance not found\n") == set()  # 10.x without json
+    assert frr_ospf6_external("") == set()  # 8.4 and 10.x: no output at all
+    assert frr_bgp_advertised('{"warning":"Default BGP instance not found"}', A4) == ()
+
+
 def test_ospf_link_state_id_with_host_bits() -> None:
     # RFC 2328 appendix E: a /24 beside a /32 of the same network gets ID x.x.x.255.
     lsa = _lsa84("198.18.2.255", 24, 1)
@@ -105,7 +112,7 @@ def test_ospf_link_state_id_with_host_bits() -> None:
 @pytest.mark.parametrize(
     "text",
     [
-        "% OSPF instance not found",
+        "% Unknown command: show ip ospf database external self-originate json",
         "",
         "[]",
         '{"asExternalLinkStates": 3}',
