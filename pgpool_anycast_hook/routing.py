@@ -98,6 +98,8 @@ def ask(config: Config, networks: list[Network]) -> RoutingAnswer:
             detail, by = _ask_bird(config, networks, clock)
     except _Unknown as reason:
         return RoutingAnswer(daemon, "unknown", str(reason), {})
+    except (OSError, ValueError) as error:  # none expected; status must still answer
+        return RoutingAnswer(daemon, "unknown", f"cannot ask: {error}", {})
     return RoutingAnswer(daemon, "ok", detail, {n: tuple(by[n]) for n in networks})
 
 
