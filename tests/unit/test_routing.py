@@ -13,6 +13,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pgpool_anycast_hook import routing, status_report
 from pgpool_anycast_hook.config import Config, validate
@@ -149,3 +151,34 @@ def test_drift_both_ways_and_unknown() -> None:
     assert report["matches"] is True
     assert status_report.exit_code({"matches": True, "routing": report}) == ExitCode.OK
     assert status_report.exit_code({"matches": True, "routing": None}) == ExitCode.OK
+
+
+def test_auto_prefers_frr(tmp_path: Path) -> None:
+    (tmp_path / "frr").mkdir()
+    (tmp_path / "bird").mkdir()
+    listeners = []
+    for path in (tmp_path / "frr" / "zebra.vty", tmp_path / "bird" / "bird.ctl"):
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(path))
+        listener.listen(4)
+        listeners.append(listener)
+    try:
+        assert ask(_config(tmp_path), [A4.network]).daemon == "frr"
+        (tmp_path / "frr" / "zebra.vty").unlink()
+        answer = ask(_config(tmp_path, routing_timeout=0.5), [A4.network])
+        assert answer.daemon == "bird"
+        assert answer.state == "unknown"  # a listener that never greets: a hung BIRD
+        assert "did not answer within routing_timeout" in answer.detail
+    finally:
+        for listener in listeners:
+            listener.close()
+
+
+@given(st.lists(st.tuples(st.booleans(), st.booleans()), max_size=6))
+def test_drift_is_exactly_presence_against_announcement(pairs: list[tuple[bool, bool]]) -> None:
+    addresses = [ipaddress.ip_interface(f"198.18.2.{i}/32") for i in range(len(pairs))]
+    present = {a: p for a, (p, _) in zip(addresses, pairs, strict=True)}
+    by = {a.network: ("ospf",) if n else () for a, (_, n) in zip(addresses, pairs, strict=True)}
+    report = status_report.routing_report(RoutingAnswer("frr", "ok", "", by), _seen(present))
+    assert report["matches"] is all(p == n for p, n in pairs)
+    assert len(report["drift"]) == sum(p != n for p, n in pairs)
