@@ -40,6 +40,12 @@ from tests.netns.routing_daemons import (
 from tests.netns.stand_ins import ANSWERING_PGPOOL
 
 AS_POSTGRES = ("setpriv", "--reuid", "postgres", "--regid", "postgres", "--clear-groups")
+
+
+def as_postgres_in(group: str) -> tuple[str, ...]:
+    return ("setpriv", "--reuid", "postgres", "--regid", "postgres", "--groups", group)
+
+
 PYTHON = "/usr/bin/python3"  # the fake pgpool's interpreter, runnable by postgres
 ALL = [ANYCAST4, OTHER4, ANYCAST6]
 
@@ -157,6 +163,10 @@ def test_frr_ospf(hook: HookSetup, pair: Pair, pgpool: FakePgpool) -> None:
     assert data["routing"]["matches"] is None
     assert data["matches"] is True and code == 0
     assert "unknown (permission denied" in table
+    # ... and with group frrvty, as documented, it can.
+    code, data, _ = status(hook, pair, *as_postgres_in("frrvty"))
+    assert data["routing"]["state"] == "ok", data["routing"]
+    assert drift(data) == {(OTHER4, "present but not announced")} and code == 1
 
     # ospfd dies: its address is still on lo, and nobody announces it.
     frr.kill("ospfd")
@@ -268,6 +278,9 @@ def test_bird(hook: HookSetup, pair: Pair, pgpool: FakePgpool) -> None:
     assert data["routing"]["state"] == "unknown" and "permission denied" in table
     assert "group bird" in data["routing"]["detail"]
     assert data["matches"] is True and code == 0
+    code, data, _ = status(hook, pair, *as_postgres_in("bird"))
+    assert data["routing"]["state"] == "ok", data["routing"]
+    assert drift(data) == {(OTHER4, "present but not announced")} and code == 1
 
     # Both IPv4 protocols down: the address stays on lo, BIRD announces it nowhere.
     a.birdc("disable anycast_ospf")
