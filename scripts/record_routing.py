@@ -10,6 +10,13 @@ host's interfaces, FRR or BIRD):
 
     /usr/bin/python3 scripts/record_routing.py tests/data/routing
 
+and for another release's FRR, from a Debian tree of it (the test bed's Debian 13 root
+has FRR 10.3; the script runs it with chroot on a throw-away overlay of the tree, in a
+mount namespace of its own, so the tree itself is never written):
+
+    /usr/bin/python3 scripts/record_routing.py tests/data/routing \
+        --root /var/lib/pgpool-anycast-hook-testbed/roots/trixie-<hash>
+
 Each file holds one answer; index.json beside them says which command gave it, in which
 situation, and what it means (the prefixes announced), written from the situation the
 script set up, not from the parser.
@@ -19,8 +26,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +43,6 @@ from tests.netns.routing_daemons import (
     LINK4,
     LINK6,
     OTHER4,
-    VTYSH,
     Bird,
     Frr,
     Pair,
@@ -80,14 +88,16 @@ def _ospf_ages(frr: Frr) -> list[int]:
     return [lsa.get("lsaAge", 0) for lsa in values if isinstance(lsa, dict) and lsa]
 
 
-def record_frr(root: Path) -> None:
-    version = re.search(r"zebra version (\S+)", run(["/usr/lib/frr/zebra", "--version"]))
+def record_frr(root: Path, tree: Path | None = None) -> None:
+    chroot = ["chroot", str(tree)] if tree else []
+    zebra = run([*chroot, "/usr/lib/frr/zebra", "--version"])
+    version = re.search(r"zebra version (\S+)", zebra)
     name = f"frr-{version.group(1) if version else 'unknown'}"
     rec = Recorder(root / name)
     pair = Pair()
     try:
-        a = Frr(pair, "a", ("ospfd", "ospf6d", "bgpd"))
-        b = Frr(pair, "b", ("ospfd", "bgpd"))
+        a = Frr(pair, "a", ("ospfd", "ospf6d", "bgpd"), root=tree)
+        b = Frr(pair, "b", ("ospfd", "bgpd"), root=tree)
         for address in (ANYCAST4, OTHER4, ANYCAST6):
             pair.add_address(address)
         for peer in LINK4[1], LINK6[1]:
@@ -186,15 +196,14 @@ def record_frr(root: Path) -> None:
             advertised_to=[],
         )
         wrong = "show ip ospf database external self-originate jsonx"
-        argv = [VTYSH, "--vty_socket", str(a.directory), "-d", "ospfd", "-c", wrong]
-        text = run(argv, check=False)  # vtysh exits 1 and says why on stdout
+        text = run(a.vtysh_argv(wrong, daemon="ospfd"), check=False)  # exit 1, says why
         rec.save("error-unknown-command.txt", text, wrong, "a command ospfd does not know")
     finally:
         pair.close()
     pair = Pair()
     try:
         bare = {d: "hostname rt-bare\n" for d in ("zebra", "ospfd", "ospf6d", "bgpd")}
-        c = Frr(pair, "a", ("ospfd", "ospf6d", "bgpd"), configs=bare)
+        c = Frr(pair, "a", ("ospfd", "ospf6d", "bgpd"), configs=bare, root=tree)
         pair.add_address(ANYCAST4)
         situation = "daemons running without router ospf / router ospf6 / router bgp"
         for file, daemon, command in (
@@ -214,6 +223,21 @@ def record_frr(root: Path) -> None:
         rec.close(name)
     finally:
         pair.close()
+
+
+def private_tree(tree: Path) -> Path:
+    """A writable overlay of `tree` (upper layer on a tmpfs), for chroot; call it only in
+    a mount namespace of our own, so that neither the overlay nor the tree's users see it."""
+    scratch = Path(tempfile.mkdtemp(prefix="rt-tree-", dir="/tmp"))
+    run(["mount", "-t", "tmpfs", "tmpfs", str(scratch)])
+    for sub in ("upper", "work", "merged"):
+        (scratch / sub).mkdir()
+    options = f"lowerdir={tree},upperdir={scratch / 'upper'},workdir={scratch / 'work'}"
+    merged = scratch / "merged"
+    run(["mount", "-t", "overlay", "overlay", "-o", options, str(merged)])
+    for system in ("/proc", "/dev"):
+        run(["mount", "--rbind", system, str(merged / system.lstrip("/"))])
+    return merged
 
 
 def _bird_up(bird: Bird, protocol: str) -> bool:
@@ -312,49 +336,31 @@ def record_bird(root: Path) -> None:
         pair.close()
 
 
-def derive_frr10(source: Path, out: Path) -> None:
-    """FRR 10.3's shapes from the FRR 8.4 recordings, as its source prints them (no run).
-
-    Only ospfd differs: its AS-external list is an array under "asExternalLinkStates"
-    instead of an object keyed by link-state ID under "AS External Link States"
-    (show_lsa_detail_adv_router() in ospfd/ospf_vty.c at tag frr-10.3.1), and without
-    `router ospf` it answers `{}` where 8.4 says "% OSPF is not enabled on vrf default"
-    (DEFPY show_ip_ospf_database).
-    """
-    out.mkdir(parents=True, exist_ok=True)
-    index = json.loads((source / "index.json").read_text())
-    for name in list(index):
-        if name.startswith("_"):
-            continue
-        text = (source / name).read_text()
-        if name == "ospf-no-instance.txt":
-            text = "{}\n"  # the DEFPY answers an empty object when it finds no instance
-        elif name.startswith("ospf-"):
-            document = json.loads(text)
-            lsas = document.pop("AS External Link States", {})
-            document["asExternalLinkStates"] = list(lsas.values())
-            text = json.dumps(document, indent=2) + "\n"
-        (out / name).write_text(text)
-    index["_source"] = {
-        "version": "frr-10.3.1, from its source: not recorded",
-        "made_by": f"scripts/record_routing.py --frr10-from {source.name}",
-    }
-    (out / "index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--only", choices=("frr", "bird"))
     parser.add_argument(
-        "--frr10-from",
+        "--root",
         type=Path,
-        metavar="DIR",
-        help="derive OUT/frr-10.3-source from the FRR 8.4 recordings in DIR",
+        metavar="TREE",
+        help="run FRR from this Debian tree (e.g. a Debian 13 one, for FRR 10) through a "
+        "private overlay of it; implies --only frr",
     )
+    parser.add_argument("--in-private-mounts", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.frr10_from:
-        derive_frr10(args.frr10_from, args.out / "frr-10.3-source")
+    if args.root:
+        if not args.in_private_mounts:  # again, in a mount namespace of its own
+            argv = [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]]
+            unshare = ["unshare", "--mount", "--propagation", "private"]
+            os.execvp("unshare", [*unshare, *argv, "--in-private-mounts"])
+        merged = private_tree(args.root.resolve())
+        try:
+            record_frr(args.out.resolve(), merged)
+        finally:
+            # Never rmtree: /proc and /dev are bound in there. Unmount, then the empty dir.
+            run(["umount", "--recursive", "--lazy", str(merged.parent)], check=False)
+            merged.parent.rmdir()
         return 0
     if args.only != "bird":
         record_frr(args.out)

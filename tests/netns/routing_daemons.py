@@ -178,8 +178,22 @@ def frr_configs(side: str) -> dict[str, str]:
     }
 
 
+def _ids(root: Path, user: str) -> tuple[int, int]:
+    """uid and gid of `user` in the passwd file under `root` (another release's, maybe)."""
+    for line in (root / "etc" / "passwd").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == user:
+            return int(fields[2]), int(fields[3])
+    raise KeyError(f"no user {user} in {root}/etc/passwd")
+
+
 class Frr:
-    """zebra plus the given daemons of one side, every path in `directory`."""
+    """zebra plus the given daemons of one side, every path in `directory`.
+
+    With `root` (a Debian tree, e.g. a Debian 13 one for FRR 10), the daemons and vtysh
+    are that tree's, run with chroot; `root` must be a private overlay of it, never a
+    tree that others use (scripts/record_routing.py --root makes one).
+    """
 
     def __init__(
         self,
@@ -187,19 +201,27 @@ class Frr:
         side: str,
         daemons: tuple[str, ...],
         configs: dict[str, str] | None = None,
+        root: Path | None = None,
     ) -> None:
         self.pair = pair
         self.netns = pair.a if side == "a" else pair.b
-        self.directory = pair.root / f"frr-{side}"
+        self.root = root
+        # inner: the path the daemons see; directory: the same, seen from here
+        if root:
+            self.inner = Path("/tmp") / f"{pair.a[:-2]}-frr-{side}"
+        else:
+            self.inner = pair.root / f"frr-{side}"
+        self.directory = root / self.inner.relative_to("/") if root else self.inner
         self.directory.mkdir()
-        shutil.chown(self.directory, "frr", "frr")
+        uid, gid = _ids(root or Path("/"), "frr")
+        os.chown(self.directory, uid, gid)
         os.chmod(self.directory, 0o755)
         self.pids: dict[str, int] = {}
         configs = configs or frr_configs(side)
         for daemon in ("zebra", *daemons):
             conf = self.directory / f"{daemon}.conf"
             conf.write_text(configs[daemon])
-            shutil.chown(conf, "frr", "frr")
+            os.chown(conf, uid, gid)
             conf.chmod(0o640)
         self.start("zebra")
         zserv = self.directory / "zserv.api"
@@ -211,7 +233,7 @@ class Frr:
             wait_until(vty.exists, 10.0, f"{daemon}'s vty socket")
 
     def start(self, daemon: str) -> None:
-        d = self.directory
+        d = self.inner
         argv = [
             str(FRR_DIR / daemon),
             "-f", str(d / f"{daemon}.conf"),
@@ -223,26 +245,31 @@ class Frr:
             "-g", "frr",
             "--log", f"file:{d / (daemon + '.log')}",
         ]  # fmt: skip
-        if Path("/run/frr").is_dir():
+        if self.root:
+            argv = ["chroot", str(self.root), *argv]  # its /run/frr is the overlay's
+        elif Path("/run/frr").is_dir():
             # ospfd and ospf6d keep graceful-restart state in /run/frr: give them ours.
             argv = [
                 "unshare", "--mount", "--propagation", "private", "--",
                 "/bin/sh", "-c", 'mount --bind "$0" /run/frr && exec "$@"', str(d), *argv,
             ]  # fmt: skip
-        self.pids[daemon] = self.pair.spawn(self.netns, argv, d / f"{daemon}.out")
+        self.pids[daemon] = self.pair.spawn(self.netns, argv, self.directory / f"{daemon}.out")
 
     def kill(self, daemon: str) -> None:
         pid = self.pids.pop(daemon)
         self.pair.stop(pid)
         self.pair.pids.remove(pid)
 
-    def vtysh(self, *commands: str, daemon: str | None = None) -> str:
-        argv = [VTYSH, "--vty_socket", str(self.directory)]
+    def vtysh_argv(self, *commands: str, daemon: str | None = None) -> list[str]:
+        argv = [VTYSH, "--vty_socket", str(self.inner)]
         if daemon:
             argv += ["-d", daemon]
         for command in commands:
             argv += ["-c", command]
-        return run(argv, timeout=10.0)
+        return ["chroot", str(self.root), *argv] if self.root else argv
+
+    def vtysh(self, *commands: str, daemon: str | None = None) -> str:
+        return run(self.vtysh_argv(*commands, daemon=daemon), timeout=10.0)
 
 
 def bird_config(side: str) -> str:

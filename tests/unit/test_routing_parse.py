@@ -1,8 +1,8 @@
 """The readers of vtysh's and birdc's answers, against what real daemons printed.
 
 tests/data/routing/<daemon>-<version>/ holds answers recorded from FRR 8.4.4 and BIRD
-2.0.12 (Debian 12) by scripts/record_routing.py, each with what it means in index.json;
-frr-10.3-source/ holds FRR 10.3 shapes written from its source (see the README there).
+2.0.12 (Debian 12) and FRR 10.3 (Debian 13) by scripts/record_routing.py, each with what
+it means in index.json (see the README there).
 Hypothesis checks that any input gives a result or RoutingParseError, nothing else.
 """
 
@@ -49,6 +49,7 @@ def test_recordings_exist() -> None:
     sources = {path.parent.name.split("-")[0] for path, _, _ in RECORDINGS}
     assert sources == {"frr", "bird"}, sources
     assert any(p.parent.name == "frr-8.4.4" for p, _, _ in RECORDINGS)
+    assert any(p.parent.name == "frr-10.3" for p, _, _ in RECORDINGS)
     assert any(p.parent.name.startswith("bird-2.0") for p, _, _ in RECORDINGS)
 
 
