@@ -14,8 +14,10 @@ and for another release's FRR, from a Debian tree of it (the test bed's Debian 1
 has FRR 10.3; the script runs it with chroot on a throw-away overlay of the tree, in a
 mount namespace of its own, so the tree itself is never written):
 
-    /usr/bin/python3 scripts/record_routing.py tests/data/routing \
+    /usr/bin/python3 scripts/record_routing.py tests/data/routing --only frr \
         --root /var/lib/pgpool-anycast-hook-testbed/roots/trixie-<hash>
+    /usr/bin/python3 scripts/record_routing.py tests/data/routing --only bird \
+        --root /var/lib/pgpool-anycast-hook-testbed/roots/trixie-<hash> --overlay-install bird2
 
 Each file holds one answer; index.json beside them says which command gave it, in which
 situation, and what it means (the prefixes announced), written from the situation the
@@ -39,7 +41,6 @@ from pgpool_anycast_hook.routing_parse import bird_protocols
 from tests.netns.routing_daemons import (
     ANYCAST4,
     ANYCAST6,
-    BIRDC,
     LINK4,
     LINK6,
     OTHER4,
@@ -240,21 +241,33 @@ def private_tree(tree: Path) -> Path:
     return merged
 
 
+def install(merged: Path, packages: list[str]) -> None:
+    """apt-get install into the overlay, with a policy-rc.d there that starts nothing."""
+    resolv = merged / "etc/resolv.conf"
+    if resolv.is_symlink() or resolv.exists():
+        resolv.unlink()
+    resolv.write_text(Path("/etc/resolv.conf").read_text())
+    policy = merged / "usr/sbin/policy-rc.d"
+    policy.write_text("#!/bin/sh\nexit 101\n")
+    policy.chmod(0o755)
+    env = ["env", "DEBIAN_FRONTEND=noninteractive", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"]
+    chroot = ["chroot", str(merged), *env]
+    run([*chroot, "apt-get", "update", "-qq"], timeout=300.0)
+    run([*chroot, "apt-get", "install", "-y", "-qq", *packages], timeout=300.0)
+
+
 def _bird_up(bird: Bird, protocol: str) -> bool:
     states = {p.name: p.state for p in bird_protocols(bird.birdc("show protocols"))}
     return states.get(protocol) == "up"
 
 
-def record_bird(root: Path) -> None:
-    version = re.search(
-        r"BIRD (\S+) ready", run([BIRDC, "-s", "/nonexistent", "show status"], check=False)
-    )
+def record_bird(root: Path, tree: Path | None = None) -> None:
     pair = Pair()
     try:
-        a = Bird(pair, "a")
-        Bird(pair, "b")
+        a = Bird(pair, "a", root=tree)
+        Bird(pair, "b", root=tree)
         banner = re.search(r"BIRD (\S+) ready", a.birdc("show status"))
-        name = f"bird-{banner.group(1) if banner else (version.group(1) if version else 'unknown')}"
+        name = f"bird-{banner.group(1) if banner else 'unknown'}"
         rec = Recorder(root / name)
         for address in (ANYCAST4, OTHER4, ANYCAST6):
             pair.add_address(address)
@@ -344,8 +357,15 @@ def main() -> int:
         "--root",
         type=Path,
         metavar="TREE",
-        help="run FRR from this Debian tree (e.g. a Debian 13 one, for FRR 10) through a "
-        "private overlay of it; implies --only frr",
+        help="run the daemons of this Debian tree (e.g. a Debian 13 one, for FRR 10) "
+        "with chroot on a private overlay of it",
+    )
+    parser.add_argument(
+        "--overlay-install",
+        nargs="+",
+        metavar="PACKAGE",
+        help="with --root: apt-get install these into the throw-away overlay first "
+        "(the tree itself is never written)",
     )
     parser.add_argument("--in-private-mounts", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -356,7 +376,12 @@ def main() -> int:
             os.execvp("unshare", [*unshare, *argv, "--in-private-mounts"])
         merged = private_tree(args.root.resolve())
         try:
-            record_frr(args.out.resolve(), merged)
+            if args.overlay_install:
+                install(merged, args.overlay_install)
+            if args.only != "bird":
+                record_frr(args.out.resolve(), merged)
+            if args.only != "frr":
+                record_bird(args.out.resolve(), merged)
         finally:
             # Never rmtree: /proc and /dev are bound in there. Unmount, then the empty dir.
             run(["umount", "--recursive", "--lazy", str(merged.parent)], check=False)

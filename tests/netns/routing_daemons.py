@@ -305,24 +305,37 @@ protocol bgp anycast_bgp {{
 
 
 class Bird:
-    """One BIRD 2 instance of one side, with its control socket in the pair's directory."""
+    """One BIRD 2 instance of one side, with its control socket in the pair's directory.
 
-    def __init__(self, pair: Pair, side: str) -> None:
+    With `root`, that tree's bird and birdc, run with chroot (see Frr).
+    """
+
+    def __init__(self, pair: Pair, side: str, root: Path | None = None) -> None:
         self.pair = pair
         self.netns = pair.a if side == "a" else pair.b
-        self.directory = pair.root / f"bird-{side}"
+        self.root = root
+        if root:
+            self.inner = Path("/tmp") / f"{pair.a[:-2]}-bird-{side}"
+        else:
+            self.inner = pair.root / f"bird-{side}"
+        self.directory = root / self.inner.relative_to("/") if root else self.inner
         self.directory.mkdir()
-        shutil.chown(self.directory, "bird", "bird")  # its pid file is written as bird
+        os.chown(self.directory, *_ids(root or Path("/"), "bird"))  # its pid file is bird's
         os.chmod(self.directory, 0o755)
         self.socket = self.directory / "bird.ctl"
-        conf = self.directory / "bird.conf"
-        conf.write_text(bird_config(side))
-        conf.chmod(0o644)
-        argv = [BIRD, "-f", "-c", str(conf), "-s", str(self.socket)]
-        argv += ["-P", str(self.directory / "bird.pid"), "-u", "bird", "-g", "bird"]
+        (self.directory / "bird.conf").write_text(bird_config(side))
+        (self.directory / "bird.conf").chmod(0o644)
+        d = self.inner
+        argv = [BIRD, "-f", "-c", str(d / "bird.conf"), "-s", str(d / "bird.ctl")]
+        argv += ["-P", str(d / "bird.pid"), "-u", "bird", "-g", "bird"]
+        if root:
+            argv = ["chroot", str(root), *argv]
         self.pid = pair.spawn(self.netns, argv, self.directory / "bird.out")
         wait_until(self.socket.exists, 10.0, "BIRD's control socket")
 
     def birdc(self, command: str) -> str:
         """birdc -v's answer; it exits 1 after an error reply, which is an answer too."""
-        return run([BIRDC, "-s", str(self.socket), "-v", command], timeout=10.0, check=False)
+        argv = [BIRDC, "-s", str(self.inner / "bird.ctl"), "-v", command]
+        if self.root:
+            argv = ["chroot", str(self.root), *argv]
+        return run(argv, timeout=10.0, check=False)

@@ -1,8 +1,8 @@
 """The readers of vtysh's and birdc's answers, against what real daemons printed.
 
 tests/data/routing/<daemon>-<version>/ holds answers recorded from FRR 8.4.4 and BIRD
-2.0.12 (Debian 12) and FRR 10.3 (Debian 13) by scripts/record_routing.py, each with what
-it means in index.json (see the README there).
+2.0.12 (Debian 12) and FRR 10.3 and BIRD 2.17.6 (Debian 13) by scripts/record_routing.py,
+each with what it means in index.json (see the README there).
 Hypothesis checks that any input gives a result or RoutingParseError, nothing else.
 """
 
@@ -51,6 +51,7 @@ def test_recordings_exist() -> None:
     assert any(p.parent.name == "frr-8.4.4" for p, _, _ in RECORDINGS)
     assert any(p.parent.name == "frr-10.3" for p, _, _ in RECORDINGS)
     assert any(p.parent.name.startswith("bird-2.0") for p, _, _ in RECORDINGS)
+    assert any(p.parent.name.startswith("bird-2.17") for p, _, _ in RECORDINGS)
 
 
 @pytest.mark.parametrize(
