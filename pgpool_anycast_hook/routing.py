@@ -9,7 +9,9 @@ Every question is a subprocess: an argv list (no shell), stdin /dev/null, a clea
 environment, its own process group (killed on timeout), at most MAX_OUTPUT bytes read,
 and all the questions of one run share `routing_timeout`. A daemon that cannot be
 asked (no socket, a refused connection, permission denied, a timeout, an answer we
-cannot read) makes the answer "unknown" with the reason; that is not drift.
+cannot read) makes the answer "unknown" with the reason; that is not drift. FRR is
+several daemons: while any of them answers (zebra, say), one that does not (ospfd
+died) announces nothing, which is an answer: "not announced".
 """
 
 import contextlib
