@@ -8,8 +8,9 @@ checked, for ospfd, bgpd and BIRD each: an address on lo that the daemon exports
 announced; one that its export policy rejects, or whose protocol is down, is "present
 but not announced" (drift, exit 1); one the daemon exports without the address is
 "announced but absent" (drift); an absent address that nothing exports is consistent.
-A user without the daemon's group gets "unknown (permission denied ...)", which leaves
-the exit code alone. Every wait is bounded.
+A user without the daemon's group gets "unknown (permission denied ...)", and a hung
+daemon "unknown" after routing_timeout; neither changes the exit code. Every wait is
+bounded.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 import select
 import signal
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -167,6 +169,22 @@ def test_frr_ospf(hook: HookSetup, pair: Pair, pgpool: FakePgpool) -> None:
     code, data, _ = status(hook, pair, *as_postgres_in("frrvty"))
     assert data["routing"]["state"] == "ok", data["routing"]
     assert drift(data) == {(OTHER4, "present but not announced")} and code == 1
+
+    # A hung ospfd (stopped): vtysh waits; routing_timeout ends it, and that is unknown.
+    hook.write(addresses=ALL, routing_daemon="frr", frr_vty_socket=str(frr.directory),
+               pgpool_conf=str(pgpool.conf), routing_timeout=1.0)  # fmt: skip
+    os.kill(frr.pids["ospfd"], signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        code, data, table = status(hook, pair)
+        took = time.monotonic() - started  # two runs: --json and the table
+    finally:
+        os.kill(frr.pids["ospfd"], signal.SIGCONT)
+    assert data["routing"]["state"] == "unknown", data["routing"]
+    assert "did not answer within routing_timeout" in data["routing"]["detail"]
+    assert data["matches"] is True and code == 0 and took < 2 * (1.0 + 3.0)
+    hook.write(addresses=ALL, routing_daemon="frr", frr_vty_socket=str(frr.directory),
+               pgpool_conf=str(pgpool.conf))  # fmt: skip
 
     # ospfd dies: its address is still on lo, and nobody announces it.
     frr.kill("ospfd")
