@@ -5,8 +5,8 @@ Why: with hash-threshold ECMP (the kernel's "mpath" nexthop groups, all FRR 8.4 
 between the remaining next hops too, and each moved TCP flow is reset by the balancer
 that did not expect it. A resilient nexthop group (Linux 5.13+) moves only the buckets
 of the next hop that left, and hands buckets to a returning one only once they have
-been idle. FRR's zebra cannot put its own routes in such a group before the release
-after 10.7 (`zebra nexthop-group resilience ...`); see lab/README.md.
+been idle. FRR's zebra cannot put its own routes in such a group in any release so
+far (`zebra nexthop-group resilience ...` is in its development branch); see README.md.
 
 This mirror does in the router's namespace what that zebra would do: it follows
 zebra's route to the anycast /32 and keeps the same next hops in a resilient group,
