@@ -12,6 +12,8 @@ from pgpool_anycast_hook.config import Config
 from pgpool_anycast_hook.errors import ExitCode
 from pgpool_anycast_hook.observation import Observation, guard_record
 from pgpool_anycast_hook.pool_view import ViewState, to_record
+from pgpool_anycast_hook.role_view import RoleState
+from pgpool_anycast_hook.role_view import to_record as role_record
 
 
 def report(config: Config, seen: Observation, check: CheckState | None) -> dict[str, Any]:
@@ -54,6 +56,8 @@ def report(config: Config, seen: Observation, check: CheckState | None) -> dict[
         "hold": seen.hold._asdict() if seen.hold else None,
         "check": None if check is None else {"state": check.health.value, "count": check.streak},
         "mode": config.mode,
+        "serve": config.serve,
+        "postgresql": None if seen.role.state is RoleState.OFF else role_record(seen.role),
         "guard": guard_report(config) if config.mode == "guarded" else None,
         "desired": wanted,
         "reason": desire.reason,
@@ -137,6 +141,10 @@ def as_table(data: dict[str, Any]) -> str:
         rows.append(("pool_nodes", text + (f" ({view['error']})" if view["error"] else "")))
         for node in view["nodes"]:
             rows.append((f"  node {node['node_id']}", f"{node['status']} {node['role']}"))
+    role = data.get("postgresql")
+    if role is not None:
+        text = f"{role['state']}, {role['role'] or 'role unknown'}"
+        rows.append(("postgresql", text + (f" ({role['error']})" if role["error"] else "")))
     hold = data["hold"]
     held = f"set {hold['since']} by {hold['by']}: {hold['reason'] or '-'}" if hold else "none"
     rows.append(("hold", held))
