@@ -214,3 +214,50 @@ def test_a_drain_holds_until_postgresql_restarts(fallback: tuple[Pair, Bed, Bed]
     pair.pg_ctl(0, "-m", "fast", "-l", log, "-w", "-t", "30", "restart")  # a new postmaster
     back = wait_until(lambda: present(a.netns), ANSWER_BOUND + 2.0)
     assert back is not None, f"not announced after PostgreSQL restarted:\n{a.diagnostics()}"
+
+
+def test_the_pg_hba_example_parses(tmp_path: Path) -> None:
+    """docs/examples/pg_hba-fallback.conf in a real PostgreSQL 15: every line a rule, no error."""
+    require_root()
+    require_components()
+    example = Path(__file__).resolve().parents[2] / "docs" / "examples" / "pg_hba-fallback.conf"
+    lines = [line for line in example.read_text().splitlines()
+             if line.strip() and not line.lstrip().startswith("#")]  # fmt: skip
+    root = Path(tempfile.mkdtemp(prefix="pah-fallback-hba-", dir="/tmp"))
+    os.chmod(root, 0o755)
+    shutil.chown(root, "postgres", "postgres")
+    data = root / "pg"
+    psql = [str(PG_BIN / "psql"), "-h", str(root), "-p", str(PORTS[0]), "-U", "postgres", "-At"]
+
+    def as_postgres(*command: str) -> str:
+        done = subprocess.run([*PG_AS_POSTGRES, *command], capture_output=True, text=True,
+                              timeout=90)  # fmt: skip
+        assert done.returncode == 0, f"{command}: {done.stdout}{done.stderr}"
+        return done.stdout
+
+    try:
+        as_postgres(str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+                    "--no-sync")  # fmt: skip
+        (data / "pg_ident.conf").write_text(
+            "pgpool-anycast  pgpool-anycast-guard  pgpool_anycast\n"
+        )
+        (data / "pg_hba.conf").write_text("local all postgres trust\n" + example.read_text())
+        # hostssl lines are an error in pg_hba_file_rules unless ssl = on: a throwaway cert.
+        as_postgres("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=pah-test", "-keyout", str(data / "server.key"),
+                    "-out", str(data / "server.crt"))  # fmt: skip
+        options = f"-p {PORTS[0]} -k {root} -c listen_addresses='' -c fsync=off -c ssl=on"
+        as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-o", options,
+                    "-l", str(root / "pg.log"), "-w", "-t", "60", "start")  # fmt: skip
+        errors = as_postgres(*psql, "-c", "SELECT line_number, error FROM pg_hba_file_rules "
+                             "WHERE error IS NOT NULL")  # fmt: skip
+        assert errors == "", errors
+        rules = as_postgres(*psql, "-c", "SELECT count(*) FROM pg_hba_file_rules")
+        assert int(rules) == 1 + len(lines)  # the test's own line, then every example line
+        rejects = as_postgres(*psql, "-c", "SELECT count(*) FROM pg_hba_file_rules "
+                              "WHERE auth_method = 'reject'")  # fmt: skip
+        assert int(rejects) == 3
+    finally:
+        with contextlib.suppress(AssertionError, subprocess.TimeoutExpired):
+            as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(root, ignore_errors=True)
