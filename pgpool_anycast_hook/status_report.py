@@ -88,9 +88,14 @@ def _guard_row(guard: dict[str, Any] | None) -> str:
     if guard is None:
         return "not running (no guard.json)"
     last = guard.get("last_transition") or {}
+    role: dict[str, Any] = guard["role"] if isinstance(guard.get("role"), dict) else {}
+    if guard.get("serve") == "postgresql":
+        follows = f"PostgreSQL {role.get('role') or role.get('state')} ({role.get('misses')}), "
+    else:
+        follows = (f"pgpool pid {guard.get('pgpool_pid')}, "
+                   f"probe {guard.get('health')} ({guard.get('streak')}), ")  # fmt: skip
     return (
-        f"{guard.get('phase')}, pid {guard.get('pid')}, pgpool pid {guard.get('pgpool_pid')}, "
-        f"probe {guard.get('health')} ({guard.get('streak')}), "
+        f"{guard.get('phase')}, pid {guard.get('pid')}, {follows}"
         f"lease left {guard.get('lease_left')} s, "
         f"hold-down left {guard.get('hold_down_left')} s; "
         f"last: {last.get('to')} ({last.get('reason')})"
@@ -119,19 +124,20 @@ def as_table(data: dict[str, Any]) -> str:
             text += f", serving route {'present' if item['serving_route'] else 'absent'}"
         rows.append((f"address {item['address']}", text))
     pgpool = data["pgpool"]
-    alive = f"alive, pid {pgpool['pid']}" if pgpool["alive"] else "not running"
-    rows.append(("pgpool", f"{alive} ({pgpool['pid_file']})"))
-    rows.append(("listening", pgpool["listening"] or f"no (port {pgpool['port']})"))
     status = data["pgpool_status"]
-    rows.append(("pgpool_status", f"{status['file']} ({status['format']})"))
-    for node in status["nodes"]:
+    if data.get("serve") != "postgresql":  # else no pgpool is followed here: its rows say nothing
+        alive = f"alive, pid {pgpool['pid']}" if pgpool["alive"] else "not running"
+        rows.append(("pgpool", f"{alive} ({pgpool['pid_file']})"))
+        rows.append(("listening", pgpool["listening"] or f"no (port {pgpool['port']})"))
+        rows.append(("pgpool_status", f"{status['file']} ({status['format']})"))
+    for node in status["nodes"] if data.get("serve") != "postgresql" else ():
         rows.append(
             (
                 f"  node {node['node']}",
                 f"{'up' if node['up'] else 'down'} ({node['record'] or 'empty'})",
             )
         )
-    if status["primary_usable"] is not None:
+    if status["primary_usable"] is not None and data.get("serve") != "postgresql":
         usable = "usable" if status["primary_usable"] else "down"
         rows.append((f"primary node {status['primary_node_id']}", usable))
     view = data.get("pool_nodes")
