@@ -101,3 +101,15 @@ def test_parse_answer(rows: tuple[tuple[str | None, ...], ...], expected: tuple[
 def test_parse_answer_refuses(rows: tuple[tuple[str | None, ...], ...]) -> None:
     with pytest.raises(RoleError):
         parse_answer(rows)
+
+
+def test_the_guard_asks_over_the_unix_socket_only() -> None:
+    from pgpool_anycast_hook.config import Config
+    from pgpool_anycast_hook.guard_role import role_conninfo
+
+    config = Config(serve="postgresql", postgresql_socket_dir="/run/pg", postgresql_port=5433,
+                    postgresql_user="anycast")  # fmt: skip
+    text = role_conninfo(config)
+    assert "host='/run/pg'" in text and "port='5433'" in text and "user='anycast'" in text
+    assert "passfile" not in text  # empty: libpq's default, not an empty file name
+    assert "sslmode='disable'" in text
