@@ -21,6 +21,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -29,7 +30,16 @@ from pathlib import Path
 import pytest
 
 from tests.netns.conftest import require_root
-from tests.netns.test_guard import AS_POSTGRES, INTERVAL, Bed, holds_throughout, present, wait_until
+from tests.netns.test_guard import (
+    AS_POSTGRES,
+    INTERVAL,
+    LEASE,
+    Bed,
+    holds_throughout,
+    present,
+    valid_lft,
+    wait_until,
+)
 from tests.pgpool.conftest import AS_POSTGRES as PG_AS_POSTGRES
 from tests.pgpool.conftest import PG_BIN, require_components
 
@@ -175,8 +185,10 @@ def test_the_address_follows_the_primary(fallback: tuple[Pair, Bed, Bed]) -> Non
     pair.stop_node(0, "fast")
     gone = wait_until(lambda: not present(a.netns), WITHDRAW_BOUND)
     assert gone is not None, f"not withdrawn within {WITHDRAW_BOUND:g} s:\n{a.diagnostics()}"
-    withdrawals = a.syslog.events(0.0, event="transition", transition="ANNOUNCED->WITHDRAWN")
-    assert any("unanswered" in fields.get("reason", "") for _, fields in withdrawals), withdrawals
+    # The line follows the withdrawal it reports: waited for, not read at once.
+    withdrawal = a.syslog.wait_for(2.0, event="transition", transition="ANNOUNCED->WITHDRAWN")
+    assert withdrawal is not None, a.diagnostics()
+    assert "unanswered" in withdrawal.get("reason", ""), withdrawal
 
     # The standby is promoted: its guard announces at its next answer.
     pair.pg_ctl(1, "-w", "-t", "30", "promote")
@@ -214,6 +226,28 @@ def test_a_drain_holds_until_postgresql_restarts(fallback: tuple[Pair, Bed, Bed]
     pair.pg_ctl(0, "-m", "fast", "-l", log, "-w", "-t", "30", "restart")  # a new postmaster
     back = wait_until(lambda: present(a.netns), ANSWER_BOUND + 2.0)
     assert back is not None, f"not announced after PostgreSQL restarted:\n{a.diagnostics()}"
+
+
+def test_leases_adoption_and_a_dead_guard(fallback: tuple[Pair, Bed, Bed]) -> None:
+    """As every guard's: the address is leased; a guard restarted at once adopts it without
+    a blink; a guard that dies for good takes it with it within the lease, although
+    PostgreSQL goes on answering as the primary."""
+    _, a, _ = fallback
+    first = a.start_guard()
+    assert wait_until(lambda: present(a.netns), ANSWER_BOUND) is not None, a.diagnostics()
+    left = valid_lft(a.netns)
+    assert left is not None and left <= LEASE, left  # a lease, not forever
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait(timeout=10)
+    a.start_guard()
+    assert holds_throughout(lambda: present(a.netns), 10 * INTERVAL), a.diagnostics()
+    adopted = a.syslog.wait_for(2.0, event="transition", transition="ADOPTING->ANNOUNCED")
+    assert adopted is not None, a.diagnostics()
+    second = a.guards[-1]
+    os.kill(second.pid, signal.SIGKILL)
+    second.wait(timeout=10)
+    gone = wait_until(lambda: not present(a.netns), LEASE + MARGIN)
+    assert gone is not None, f"the dead guard's address outlived its lease:\n{a.diagnostics()}"
 
 
 def test_the_pg_hba_example_parses(tmp_path: Path) -> None:
