@@ -5,9 +5,11 @@ Three namespaces the test creates (fb-<pid>-<n>-r, -bal, -pg), joined by veth pa
 the router runs FRR's zebra and ospfd; the balancer runs them with
 docs/examples/frr.conf as shipped; the PostgreSQL host runs them with the OSPF part of
 docs/examples/frr-fallback.conf, or BIRD 2 with the OSPF part of bird-fallback.conf
-(each file says: keep the protocol your balancers use). Every address is the examples'
-own, inside these namespaces only. The anycast address is put on lo by hand, as the
-guards would; the router's choice is read from its kernel route (`ip -j route`).
+(each file says: keep the protocol your balancers use); and over eBGP, bgpd with the
+BGP part of frr-fallback.conf against a balancer that announces without a prepend.
+Every address is the examples' own, inside these namespaces only. The anycast address
+is put on lo by hand, as the guards would; the router's choice is read from its kernel
+route (`ip -j route`).
 
 Every daemon is ended by its PID, every wait is bounded.
 """
@@ -85,8 +87,9 @@ class Daemons:
                 stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
             ))  # fmt: skip
 
-    def frr(self, namespace: str, name: str, config: str) -> None:
-        """zebra, then ospfd, both reading `config`, every path in a directory of their own."""
+    def frr(self, namespace: str, name: str, config: str, routing: str = "ospfd") -> None:
+        """zebra, then `routing` (ospfd, bgpd), both reading `config`, every path in a
+        directory of their own."""
         directory = self.root / name
         directory.mkdir()
         shutil.chown(directory, "frr", "frr")
@@ -94,7 +97,7 @@ class Daemons:
         conf.write_text(config)
         shutil.chown(conf, "frr", "frr")
         zserv = directory / "zserv.api"
-        for daemon in ("zebra", "ospfd"):
+        for daemon in ("zebra", routing):
             self._start(namespace, [f"/usr/lib/frr/{daemon}", "-f", str(conf),
                                     "-i", str(directory / f"{daemon}.pid"), "-z", str(zserv),
                                     "--vty_socket", str(directory), "-P", "0",
@@ -146,6 +149,42 @@ class Topology(tuple[str, str, str]):
         return self[2]
 
 
+def bgp_part(path: Path) -> str:
+    """The file without its OSPF section: what an operator keeps for BGP."""
+    head, rest = path.read_text().split("! ---- OSPF")
+    return head + "! ---- BGP" + rest.split("! ---- BGP")[1]
+
+
+BGP_ROUTER_CONF = """hostname fb-router
+router bgp 65000
+ bgp router-id 198.18.9.1
+ no bgp ebgp-requires-policy
+ neighbor 198.18.1.94 remote-as 65010
+ neighbor 198.18.1.94 timers 1 3
+ neighbor 198.18.0.11 remote-as 65020
+ neighbor 198.18.0.11 timers 1 3
+exit
+"""
+# A balancer over eBGP (the project ships no BGP balancer example): its anycast address
+# with no prepend, nothing else.
+BGP_BALANCER_CONF = """frr defaults traditional
+hostname fb-balancer
+ip prefix-list pgpool-anycast seq 10 permit 198.18.2.0/32
+route-map pgpool-anycast permit 10
+ match ip address prefix-list pgpool-anycast
+exit
+router bgp 65010
+ bgp router-id 198.18.1.94
+ neighbor 198.18.1.1 remote-as 65000
+ neighbor 198.18.1.1 timers 1 3
+ address-family ipv4 unicast
+  redistribute connected route-map pgpool-anycast
+  neighbor 198.18.1.1 route-map pgpool-anycast out
+ exit-address-family
+exit
+"""
+
+
 def advertisers(router: str, daemons: Daemons) -> set[str]:
     """Who the router's OSPF database has an external LSA for the anycast address from."""
     out = subprocess.run(["ip", "netns", "exec", router, "vtysh", "--vty_socket",
@@ -193,8 +232,6 @@ def topology() -> Iterator[tuple[Topology, Daemons]]:
             ip("-n", names.router, "link", "set", here, "up")
             ip("-n", peer, "address", "add", theirs, "dev", there)
             ip("-n", peer, "link", "set", there, "up")
-        daemons.frr(names.router, "router", ROUTER_CONF)
-        daemons.frr(names.balancer, "balancer", (EXAMPLES / "frr.conf").read_text())
         yield names, daemons
     finally:
         daemons.stop()
@@ -208,6 +245,8 @@ def test_the_postgresql_host_is_the_last_resort(
     topology: tuple[Topology, Daemons], pg_daemon: str
 ) -> None:
     names, daemons = topology
+    daemons.frr(names.router, "router", ROUTER_CONF)
+    daemons.frr(names.balancer, "balancer", (EXAMPLES / "frr.conf").read_text())
     if pg_daemon == "frr":
         daemons.frr(names.pg, "pg", ospf_part(EXAMPLES / "frr-fallback.conf", "! ---- BGP"))
     else:
@@ -239,3 +278,38 @@ def test_the_postgresql_host_is_the_last_resort(
     assert holds_throughout(lambda: via(BALANCER), 2.0, step=0.1), next_hops(names.router)
     ip("-n", names.balancer, "address", "del", ANYCAST, "dev", "lo")
     assert wait_until(lambda: via(), 10.0, step=0.05) is not None, next_hops(names.router)
+
+
+def bgp_paths(router: str, daemons: Daemons) -> int:
+    """How many paths the router's BGP table holds for the anycast address."""
+    out = subprocess.run(["ip", "netns", "exec", router, "vtysh", "--vty_socket",
+                          str(daemons.root / "router"), "-c", f"show ip bgp {ANYCAST} json"],
+                         capture_output=True, text=True, timeout=10).stdout  # fmt: skip
+    try:
+        return len(json.loads(out).get("paths", []))
+    except ValueError:
+        return 0
+
+
+def test_over_bgp_the_prepended_route_is_the_last_resort(
+    topology: tuple[Topology, Daemons],
+) -> None:
+    """frr-fallback.conf's BGP part: the router prefers the balancer's shorter AS path."""
+    names, daemons = topology
+    daemons.frr(names.router, "router", BGP_ROUTER_CONF, routing="bgpd")
+    daemons.frr(names.balancer, "balancer", BGP_BALANCER_CONF, routing="bgpd")
+    daemons.frr(names.pg, "pg", bgp_part(EXAMPLES / "frr-fallback.conf"), routing="bgpd")
+    for namespace in (names.balancer, names.pg):
+        ip("-n", namespace, "address", "add", ANYCAST, "dev", "lo")
+
+    def via(*hops: str) -> bool:
+        return next_hops(names.router) == set(hops)
+
+    both = wait_until(lambda: bgp_paths(names.router, daemons) == 2, CONVERGE, step=0.2)
+    assert both is not None, daemons.logs()
+    assert wait_until(lambda: via(BALANCER), 5.0, step=0.1) is not None, daemons.logs()
+    assert holds_throughout(lambda: via(BALANCER), 2.0, step=0.1), next_hops(names.router)
+    ip("-n", names.balancer, "address", "del", ANYCAST, "dev", "lo")
+    assert wait_until(lambda: via(PG_HOST), 15.0, step=0.05) is not None, daemons.logs()
+    ip("-n", names.balancer, "address", "add", ANYCAST, "dev", "lo")
+    assert wait_until(lambda: via(BALANCER), 15.0, step=0.05) is not None, daemons.logs()
