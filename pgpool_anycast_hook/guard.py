@@ -583,6 +583,9 @@ class Guard:
             query_latency=self.follower.latency,
             backends=view.nodes,
             primary_node_id=view.primary(),
+            role_state=self.role.view.state.value,
+            postgresql_primary=self.role.view.primary if self.role.view.in_force else None,
+            role_latency=self.role.latency,
         )
 
     def on_signal(self, signum: int, _frame: object) -> None:

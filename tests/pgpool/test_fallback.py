@@ -125,7 +125,23 @@ def fallback_config(bed: Bed, pair: Pair, node: int) -> None:
         postgresql_misses=MISSES,
         drain_seconds=0.0,
         drain_timeout=0.0,
+        metrics_file=str(bed.root / "metrics.prom"),
     )
+
+
+def metric(bed: Bed, name: str) -> float | None:
+    """One unlabelled series of the guard's metrics file, read with prometheus' parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = (bed.root / "metrics.prom").read_text()
+    except OSError:
+        return None
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and not sample.labels:
+                return float(sample.value)
+    return None
 
 
 @pytest.fixture
@@ -173,6 +189,9 @@ def test_the_address_follows_the_primary(fallback: tuple[Pair, Bed, Bed]) -> Non
     assert wait_until(lambda: present(a.netns), 0.5) is not None, "the primary's stayed"
     assert (role(a) or {}).get("role") == "primary", role(a)  # type: ignore[union-attr]
     assert (role(b) or {}).get("role") == "standby", role(b)  # type: ignore[union-attr]
+    primary = "pgpool_anycast_postgresql_primary"
+    assert wait_until(lambda: metric(a, primary) == 1.0, 2.0) is not None, metric(a, primary)
+    assert wait_until(lambda: metric(b, primary) == 0.0, 2.0) is not None, metric(b, primary)
 
     # pgpool's hooks do not apply on a PostgreSQL host: exit 2, and they say so.
     for verb in ("add", "del", "clean"):
