@@ -290,3 +290,22 @@ def test_the_postgresql_keys_are_one_block() -> None:
     block = [name for name in fields if name == "serve" or name.startswith("postgresql_")]
     start = fields.index("serve")
     assert fields[start : start + len(block)] == block
+
+
+def test_every_key_is_documented_and_the_postgresql_block_stays_one() -> None:
+    """conf.d/config.toml shows every key with its default, the man page names it, and
+    serve's keys sit together in both, in Config's order (one block to merge around)."""
+    repo = Path(__file__).resolve().parents[2]
+    shipped = (repo / "conf.d" / "config.toml").read_text().splitlines()
+    manual = (repo / "packaging" / "man" / "pgpool-anycast-hook.8").read_text()
+    keys = [name for name in Config._fields if name != "sources"]
+    shown = [line[1:].split(" =")[0] for line in shipped if re.match(r"#[a-z_]+ = ", line)]
+    assert sorted(shown) == sorted(keys)
+    for key in keys:
+        assert f".B {key} =" in manual, key
+    block = [k for k in keys if k == "serve" or k.startswith("postgresql_")]
+    start = shown.index("serve")
+    assert shown[start : start + len(block)] == block
+    named = re.findall(r"^\.B (\w+) =", manual, flags=re.MULTILINE)
+    start = named.index("serve")
+    assert named[start : start + len(block)] == block
