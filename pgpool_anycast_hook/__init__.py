@@ -1,3 +1,3 @@
 """Announce an anycast address for Pgpool-II only while pgpool and its primary are usable."""
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"

@@ -24,7 +24,8 @@ Exit status:
    1  status: the addresses differ from the desired state (with
       --routing, or the routing daemon's export from the addresses);
       check: pgpool did not answer
-   2  usage error
+   2  usage error; or add/del/clean with serve = "postgresql"
+      (pgpool's hooks do not apply there: result=not-applicable)
   69  the configured interface does not exist
   70  any other failure
   75  busy: lock not acquired in time, deadline hit, pgpool not ready,
@@ -41,6 +42,11 @@ Wire it into pgpool.conf (pgpool 4.1 to 4.7), with no follow_primary_command:
   failback_command = '/usr/bin/pgpool-anycast-hook add %d'
 and into pgpool2.service with the shipped drop-in (reconcile, clean, add,
 drain, del).
+
+On the PostgreSQL primary's host, as the last resort behind the balancers
+(announced with a worse metric): mode = "guarded" and serve = "postgresql";
+the guard then announces while the local PostgreSQL answers as a primary,
+and only status, check, drain, disable, enable and reconcile apply.
 
 Configuration: /etc/pgpool-anycast-hook/config.toml plus conf.d/*.toml;
 see `check-config` and pgpool-anycast-hook(8).
@@ -113,7 +119,8 @@ def add(args: tuple[str, ...], wait_ready: str | None) -> None:
     NODE_ID is pgpool's %d (blanks around it are fine). Nothing changes when
     NODE_ID is not primary_node_id, when pgpool_status marks the primary down,
     or while a maintenance hold is set; the log line says which.
-    Wire it to failback_command and to ExecStartPost.
+    Wire it to failback_command and to ExecStartPost. Not with
+    serve = "postgresql" (exit 2).
     """
 
 
@@ -127,6 +134,7 @@ def delete(args: tuple[str, ...]) -> None:
     With OLD_PRIMARY (pgpool's %P) the addresses go when NODE_ID equals it;
     without it NODE_ID is compared with primary_node_id. Already-absent
     addresses are fine. Wire it to failover_command and ExecStopPost.
+    Not with serve = "postgresql" (exit 2).
     """
 
 
@@ -137,7 +145,7 @@ def clean(args: tuple[str, ...]) -> None:
 
     Uses pgpool's own reading rule. The file is renamed in its directory to
     pgpool_status.set-aside-<UTC time>, never deleted; the log line records what
-    it held. Wire it to ExecStartPre.
+    it held. Wire it to ExecStartPre. Not with serve = "postgresql" (exit 2).
     """
 
 
@@ -254,6 +262,10 @@ def drain(ctx: click.Context, node: str | None) -> None:
     connections to pgpool's port to end, then returns so that systemd stops
     pgpool. NODE_ID defaults to primary_node_id. Exit 75 if clients were still
     connected at drain_timeout. Wire it to ExecStop.
+
+    With serve = "postgresql": the guard withdraws until PostgreSQL starts
+    again, the wait is for clients of postgresql_port, and NODE_ID means
+    nothing. Wire it to ExecStop of PostgreSQL's unit.
     """
     from pgpool_anycast_hook.drain import drain as run
     from pgpool_anycast_hook.drain import extra_seconds
@@ -280,7 +292,9 @@ def check(ctx: click.Context) -> None:
 
     Guarded mode (mode = "guarded"): only probes and writes its line; it never
     touches the addresses or check.json (the guard owns them and probes pgpool
-    itself) and needs no capability.
+    itself) and needs no capability. With serve = "postgresql" the probe is
+    the guard's query to PostgreSQL, once: exit 0 when it answered (role= in
+    the line), 1 when not.
 
     Standalone mode, run from your own timer or cron job: withdraws after
     check_fall failures in a row and announces again after check_rise answers,
@@ -308,6 +322,11 @@ def guard(ctx: click.Context) -> None:
     (`lease`), so they vanish if the guard dies; and takes add/del/drain
     requests from root and pgpool's user on `guard_socket`. SIGHUP re-reads
     the configuration. Run it from pgpool-anycast-hook-guard.service.
+
+    With serve = "postgresql" it follows no pgpool: it asks the local
+    PostgreSQL `SELECT pg_is_in_recovery()` every interval over its unix
+    socket and announces while the answer is false (a primary), withdrawing
+    on true or after postgresql_misses unanswered queries.
     """
     from pgpool_anycast_hook import deadline
     from pgpool_anycast_hook.guard import run_guard

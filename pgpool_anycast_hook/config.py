@@ -76,6 +76,16 @@ class Config(NamedTuple):
     pgpool_service: str = ""  # a libpq service name (pg_service.conf), if any
     pool_nodes_timeout: float = 0.25  # connect and answer, per query
     pool_nodes_misses: int = 10  # unanswered queries in a row before pgpool's view is lost
+    # -- serve = "postgresql": the PostgreSQL host's last-resort announcement (guard_role.py)
+    serve: str = "pgpool"  # or "postgresql": announce while the local PostgreSQL is a primary
+    postgresql_socket_dir: str = "/var/run/postgresql"  # its unix socket's directory
+    postgresql_port: int = 5432  # the N of .s.PGSQL.N
+    postgresql_user: str = "pgpool_anycast"  # the guard's role for SELECT pg_is_in_recovery()
+    postgresql_database: str = "postgres"
+    postgresql_passfile: str = ""  # libpq's passfile, if the role needs a password
+    postgresql_timeout: float = 0.25  # connect and answer, per query
+    postgresql_misses: int = 4  # unanswered queries in a row before the role is lost
+    # -- end of serve = "postgresql"
     metrics_file: str = "/run/pgpool-anycast-hook/metrics.prom"  # empty: no metrics
     on_change: tuple[str, ...] = ()  # argv run after each transition (none: empty)
     on_change_timeout: float = 10.0
@@ -266,6 +276,13 @@ def _flag(key: str, value: Any) -> bool:
 
 
 MODES = ("standalone", "guarded")
+SERVES = ("pgpool", "postgresql")
+
+
+def _port(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ValueError("must be a port number from 1 to 65535")
+    return value
 
 
 def _mode(key: str, value: Any) -> str:
@@ -320,6 +337,16 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "pgpool_service": _word,
     "pool_nodes_timeout": _seconds(0.05, 10.0),
     "pool_nodes_misses": _count,
+    # serve = "postgresql"
+    "serve": _one_of(*SERVES),
+    "postgresql_socket_dir": _required_path,
+    "postgresql_port": _port,
+    "postgresql_user": _word,
+    "postgresql_database": _word,
+    "postgresql_passfile": _path,
+    "postgresql_timeout": _seconds(0.05, 10.0),
+    "postgresql_misses": _count,
+    # end of serve = "postgresql"
     "metrics_file": _path,
     "on_change": _argv,
     "on_change_timeout": _seconds(0.1, 3600.0),
@@ -396,6 +423,7 @@ def check_merged(typed: dict[str, Any], source: str) -> None:
             f"{source}: pool_nodes_timeout {timeout:g} must be below interval {interval:g}: "
             "one query per interval"
         )
+    _check_serve(typed, source, queried)
     wide = typed.get("allow_wide_prefixes", False)
     for address in typed.get("addresses", ()):
         prefix = address.network.prefixlen
@@ -409,6 +437,31 @@ def check_merged(typed: dict[str, Any], source: str) -> None:
                 f'{source}: addresses "{address}" has a /{prefix} prefix, wider than '
                 f"/{_WIDEST_PREFIX[address.version]}, the widest allow_wide_prefixes permits"
             )
+
+
+def _check_serve(typed: dict[str, Any], source: str, pgpool_view: bool) -> None:
+    """serve = "postgresql": only the guard asks PostgreSQL, continuously, and pgpool's
+    own settings for deciding mean nothing there."""
+    defaults = Config()
+    if typed.get("serve", defaults.serve) != "postgresql":
+        return
+    if typed.get("mode", defaults.mode) != "guarded":
+        raise ConfigError(
+            f'{source}: serve = "postgresql" needs mode = "guarded": only the guard asks '
+            "PostgreSQL for its role (SELECT pg_is_in_recovery()), continuously"
+        )
+    if pgpool_view:
+        raise ConfigError(
+            f'{source}: serve = "postgresql" follows no pgpool: primary_node_id = "auto", '
+            'announce_when = "any-backend" and query_pool_nodes = true are for serve = "pgpool"'
+        )
+    interval: float = typed.get("interval", defaults.interval)
+    timeout: float = typed.get("postgresql_timeout", defaults.postgresql_timeout)
+    if timeout >= interval:
+        raise ConfigError(
+            f"{source}: postgresql_timeout {timeout:g} must be below interval {interval:g}: "
+            "one query per interval"
+        )
 
 
 def load_config(explicit: str | None = None) -> Config:

@@ -39,7 +39,7 @@ MAX_CACHE_BYTES = 1 << 20
 ROOT_ONLY = frozenset({0})
 RECORD_FORMAT = "settings+client"  # part of the key: a record of another layout is stale
 # What the guarded client reads (guard_client.py), plus "facility", the syslog number.
-CLIENT_FIELDS = ("mode", "guard_socket", "pgpool_conf", "syslog_address", "deadline")
+CLIENT_FIELDS = ("mode", "guard_socket", "pgpool_conf", "syslog_address", "deadline", "serve")
 
 
 def resolve_main_file(explicit: str | None) -> tuple[str, bool]:
@@ -120,11 +120,13 @@ def read_cached(main_file: str, key: tuple[object, ...]) -> dict[str, object] | 
 class ClientSettings:
     """What the guarded client reads: CLIENT_FIELDS, and the syslog facility's number."""
 
-    __slots__ = ("deadline", "facility", "guard_socket", "mode", "pgpool_conf", "syslog_address")
+    __slots__ = ("deadline", "facility", "guard_socket", "mode", "pgpool_conf", "serve",
+                 "syslog_address")  # fmt: skip
 
     def __init__(self, mode: str, guard_socket: str, pgpool_conf: str, syslog_address: str,
-                 deadline: float, facility: int) -> None:  # fmt: skip
+                 deadline: float, facility: int, serve: str) -> None:  # fmt: skip
         self.mode = mode
+        self.serve = serve  # "postgresql": add and del do not apply (hook.py says so)
         self.guard_socket = guard_socket
         self.pgpool_conf = pgpool_conf
         self.syslog_address = syslog_address

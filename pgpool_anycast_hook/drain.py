@@ -15,6 +15,11 @@ nothing to drain: it withdraws and returns without waiting. (systemd 252 does no
 run ExecStop after the main process was killed; ExecStopPost's `del` withdraws
 then. Where ExecStop does run after an exit, this keeps it short.)
 
+On a PostgreSQL host (serve = "postgresql", ExecStop= of PostgreSQL's unit) the
+guard withdraws, and the wait is for clients of PostgreSQL's port
+(postgresql_port); NODE_ID means nothing there. The guard keeps the addresses
+withdrawn until PostgreSQL starts again (a new postmaster).
+
 Without serving_route, step 1 also stops this node from accepting packets for the
 address: in-flight sessions stall and the drain only shortens the window in which
 new connections arrive at a pgpool that is going away.
@@ -88,11 +93,15 @@ def extra_seconds(config: Config) -> float:
 def drain(config: Config, node: int | None, dry_run: bool, log: RunLog) -> int:
     """Exit 0 when drained, TEMPFAIL (75) when clients were still connected at drain_timeout."""
     primary = config.primary_node_id  # None: "auto", whichever node is the primary
+    postgresql = config.serve == "postgresql"
     node = (primary or 0) if node is None else node
-    log.set(node=node)
+    if not postgresql:
+        log.set(node=node)
     if not config.addresses:
         log.set(decision="nothing", reason="no addresses configured", changed="none")
         return 0
+    if postgresql:
+        return _drain_postgresql(config, dry_run, log)
     if primary is not None and node != primary:
         log.set(decision="nothing", reason=f"node {node} is not the primary ({primary})",
                 changed="none")  # fmt: skip
@@ -121,6 +130,28 @@ def drain(config: Config, node: int | None, dry_run: bool, log: RunLog) -> int:
         log.set(result="dry-run", would_wait=f"{config.drain_seconds:g}+{config.drain_timeout:g}s",
                 clients=sum(client_connections(port, config.drain_idle)))  # fmt: skip
         return 0
+    return _wait(config, port, log)
+
+
+def _drain_postgresql(config: Config, dry_run: bool, log: RunLog) -> int:
+    """serve = "postgresql": the guard withdraws; then the wait for PostgreSQL's clients."""
+    from pgpool_anycast_hook.guard_client import ask_guard
+
+    code, fields = ask_guard(config.guard_socket, {"verb": "drain", "dry_run": dry_run})
+    log.set(mode="guarded", serve="postgresql",
+            **{k: v for k, v in fields.items() if k not in ("exit", "action")})  # fmt: skip
+    if code:
+        return code
+    port = config.postgresql_port
+    if dry_run:
+        log.set(result="dry-run", would_wait=f"{config.drain_seconds:g}+{config.drain_timeout:g}s",
+                clients=sum(client_connections(port, config.drain_idle)))  # fmt: skip
+        return 0
+    return _wait(config, port, log)
+
+
+def _wait(config: Config, port: int, log: RunLog) -> int:
+    """drain_seconds for the routers, then at most drain_timeout for the clients of `port`."""
     time.sleep(config.drain_seconds)
     started = time.monotonic()
     remaining, idle = wait_for_clients(port, config.drain_timeout, config.drain_idle)

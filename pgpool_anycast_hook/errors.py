@@ -21,7 +21,7 @@ class ExitCode:
     OK = 0  # done, or nothing to do
     DRIFT = 1  # `status`: addresses differ from the desired state (--routing: or from the
     #            routing daemon's export; "unknown" is not drift); `check`: no answer
-    USAGE = 2  # bad command line
+    USAGE = 2  # bad command line; or a command that does not apply (serve = "postgresql")
     UNAVAILABLE = 69  # the configured interface does not exist
     FAILURE = 70  # anything else went wrong
     TEMPFAIL = 75  # lock not acquired in time, deadline hit, pgpool not ready, drain timeout
@@ -41,6 +41,13 @@ class HookError(Exception):
 class UsageError(HookError):
     exit_code = ExitCode.USAGE
     result = "usage-error"
+
+
+class NotApplicable(HookError):
+    """A command of pgpool's (add, del, clean) on a host that follows PostgreSQL instead."""
+
+    exit_code = ExitCode.USAGE
+    result = "not-applicable"
 
 
 class ConfigError(HookError):

@@ -16,6 +16,12 @@ itself, watches:
   (check_fall - 1) x interval, not check_fall x check_timeout;
 - signals: SIGHUP re-reads the configuration, SIGTERM and SIGINT end the guard.
 
+On a PostgreSQL host (serve = "postgresql") it follows no pgpool at all (no pidfd,
+no SSLRequest, no SHOW POOL_NODES): it asks the local server for its role once per
+interval (guard_role.py) and announces, as the last resort behind the balancers,
+while that server answers as a primary. pgpool's add and del do not apply there;
+drain does, and holds until PostgreSQL starts again (a new postmaster).
+
 Every tick asks policy.verdict, and guard_state.step turns the answer into an
 action (announce, renew the lease, withdraw, wait, with the hold-down). Leases
 (guard_netlink.py) make every failure of the guard itself fail closed. A guard
@@ -38,8 +44,9 @@ from pgpool_anycast_hook import guard_netlink, metrics, policy
 from pgpool_anycast_hook.check_state import CheckState, Health
 from pgpool_anycast_hook.config import SYSLOG_FACILITIES, Address, Config, load_config
 from pgpool_anycast_hook.decision import HookEvent, Outcome, Situation, Verb, decide
-from pgpool_anycast_hook.errors import ExitCode, HookError
+from pgpool_anycast_hook.errors import ExitCode, HookError, NotApplicable
 from pgpool_anycast_hook.guard_control import ControlSocket
+from pgpool_anycast_hook.guard_role import POSTGRESQL, RoleFollower
 from pgpool_anycast_hook.guard_state import (
     Action,
     GuardState,
@@ -66,6 +73,8 @@ from pgpool_anycast_hook.pgpool_probe import ProbeResult, SslProbe
 from pgpool_anycast_hook.pgpool_process import endpoints
 from pgpool_anycast_hook.pgpool_status import read_status_file
 from pgpool_anycast_hook.pool_view import PoolView, ViewState, to_record
+from pgpool_anycast_hook.role_view import RoleState, RoleView, new_postmaster
+from pgpool_anycast_hook.role_view import to_record as role_record
 from pgpool_anycast_hook.run_log import (
     SEVERITY_INFO,
     SEVERITY_WARNING,
@@ -94,6 +103,7 @@ class Guard:
         self.poller = select.poll()
         self.control = ControlSocket(self.config.guard_socket, self.poller)
         self.follower = ViewFollower(self.poller)
+        self.role = RoleFollower(self.poller)  # serve = "postgresql" only
         self.changes = ChangeCommands(self.config.on_change, self.config.on_change_timeout,
                                       self.config.on_change_max_running, self.poller,
                                       self.log)  # fmt: skip
@@ -102,6 +112,7 @@ class Guard:
         # pyroute2's import and the first dump then overlap pgpool's own start.
         notify("READY=1")
         self.follower.configure(self.config, self.settings)  # imports psycopg, if it asks
+        self.role.configure(self.config)  # the same
         self.ipr = guard_netlink.open_route()
         self.index = guard_netlink.interface_index(self.ipr, self.config.interface)
         present = guard_netlink.present_addresses(self.ipr, self.index, self.config.addresses)
@@ -115,6 +126,7 @@ class Guard:
         self.event_withdrawn = False  # pgpool said `del` for the primary; until `add`
         self.event_withdrawn_at = 0.0  # when; with "auto", a later answer of pgpool ends it
         self.drained = False  # `drain` withdrew for a planned stop; until a new pgpool or `add`
+        self.drained_postmaster = ""  # serve = "postgresql": whose start time the drain was for
         self.verdict = policy.Verdict(False, "start", "start")  # the last one, for status
         self.seen: policy.Facts | None = None  # what it was decided from, for the metrics
         self.transitions: dict[str, int] = {}  # by reason code, for the metrics
@@ -176,7 +188,11 @@ class Guard:
     def reload(self) -> None:
         try:
             config, settings = self._read_configuration()
+            if config.serve != self.config.serve:
+                raise HookError(f"serve = {config.serve!r} needs a restart of the guard "
+                                f"(it runs as serve = {self.config.serve!r})")  # fmt: skip
             self.follower.configure(config, settings)  # may refuse: before anything changes
+            self.role.configure(config)
         except HookError as error:
             self.log(SEVERITY_WARNING, event="reload", result=error.result, error=str(error))
             return
@@ -201,6 +217,10 @@ class Guard:
         dry_run = bool(request.get("dry_run", False))
         if verb == "drain":
             return self._drain(dry_run)
+        if self.config.serve == POSTGRESQL:
+            error = NotApplicable(f"{verb} is pgpool's hook; this guard follows PostgreSQL "
+                                  f"(serve = \"postgresql\")")  # fmt: skip
+            return error.exit_code, {"result": error.result, "error": str(error)}
         old_primary = request.get("old_primary")
         if old_primary is not None and type(old_primary) is not int:
             raise TypeError("old_primary must be an integer")
@@ -246,6 +266,7 @@ class Guard:
         if dry_run:
             return ExitCode.OK, {"decision": "withdraw", "result": "dry-run"}
         self.drained = True
+        self.drained_postmaster = self.role.view.started if self.role.view.in_force else ""
         changed = self.withdraw_now("drain (planned: no hold-down)", keep_serving=True,
                                     planned=True, code="drain")  # fmt: skip
         serving = "kept" if self.config.serving_route else "stopped"
@@ -257,13 +278,15 @@ class Guard:
     def _primary_usable(self) -> bool:
         if self.config.primary_node_id is None:  # "auto": pgpool's view answers (policy.py)
             return False
+        if self.config.serve == POSTGRESQL:  # no pgpool_status to read on this host
+            return False
         path = self.config.status_file or self.settings.status_file
         backends = max(self.settings.num_backends, self.config.primary_node_id + 1)
         return read_status_file(path, backends).node_usable(self.config.primary_node_id)
 
     def follow_pgpool(self) -> None:
         """Find pgpool's main process when the guard holds no pidfd on one."""
-        if self.pidfd is not None:
+        if self.pidfd is not None or self.config.serve == POSTGRESQL:
             return
         if self.pgpool_uid is None:  # pgpool's user may be created after the guard started
             self._resolve_users()
@@ -346,6 +369,8 @@ class Guard:
             drained=self.drained,
             announce_when=self.config.announce_when,
             view=self.follower.view,
+            serve=self.config.serve,
+            role=self.role.view,
         )
 
     def view_step(self, before: PoolView | None) -> None:
@@ -371,13 +396,38 @@ class Guard:
         self.log(severity, event="pool-nodes", **fields)
         self.evaluate("pool_nodes")
 
+    def role_step(self, before: RoleView | None) -> None:
+        """A query to PostgreSQL ended (`before`: the role until then): log, decide."""
+        if before is None:
+            return
+        role = self.role.view
+        ended = self.drained and new_postmaster(role, self.drained_postmaster)
+        if ended:
+            self.drained = False
+            self.log(SEVERITY_INFO, event="drain-ended", reason="PostgreSQL started again",
+                     started=role.started)  # fmt: skip
+        if role.state is before.state and role.primary == before.primary and not ended:
+            return
+        fields: dict[str, object] = {
+            "role": f"{before.role() or before.state.value}->{role.role() or role.state.value}",
+            "state": f"{before.state.value}->{role.state.value}",
+        }
+        if role.error and not role.in_force:
+            fields["error"] = role.error
+        severity = SEVERITY_INFO if role.state is RoleState.KNOWN else SEVERITY_WARNING
+        self.log(severity, event="postgresql", **fields)
+        self.evaluate("postgresql")
+
     def evaluate(self, why: str) -> list[str]:
         """One decision: policy.verdict, then guard_state.step, then the action."""
         now = time.monotonic()
         self.seen = self.facts()
         verdict = self.verdict = policy.verdict(self.seen)
-        probe_known = self.health.health is not Health.INIT
-        probe_known = probe_known and self.follower.view.state is not ViewState.INIT
+        if self.config.serve == POSTGRESQL:
+            probe_known = self.role.view.state is not RoleState.INIT
+        else:
+            probe_known = self.health.health is not Health.INIT
+            probe_known = probe_known and self.follower.view.state is not ViewState.INIT
         before = self.state
         self.state, action = step(before, now, verdict.present, probe_known, self.config.hold_down)
         changed: list[str] = []
@@ -482,6 +532,8 @@ class Guard:
             "reason": self.verdict.reason,
             "reason_code": self.verdict.code,
             "view": to_record(self.follower.view),
+            "serve": self.config.serve,
+            "role": role_record(self.role.view),
             "withdrawn_at_wall": None
             if self.state.withdrawn_at is None
             else time.time() - (now - self.state.withdrawn_at),
@@ -531,6 +583,9 @@ class Guard:
             query_latency=self.follower.latency,
             backends=view.nodes,
             primary_node_id=view.primary(),
+            role_state=self.role.view.state.value,
+            postgresql_primary=self.role.view.primary if self.role.view.in_force else None,
+            role_latency=self.role.latency,
         )
 
     def on_signal(self, signum: int, _frame: object) -> None:
@@ -549,7 +604,9 @@ class Guard:
             wait = max(0.0, self.next_tick - now)
             for probe in self.probes.values():
                 wait = min(wait, max(0.0, probe.deadline - now))
-            for deadline in (self.follower.deadline(), self.changes.next_deadline()):
+            deadlines = (self.follower.deadline(), self.role.deadline(),
+                         self.changes.next_deadline())  # fmt: skip
+            for deadline in deadlines:
                 if deadline is not None:
                     wait = min(wait, max(0.0, deadline - now))
             for fd, _events in self.poller.poll(wait * 1000):
@@ -563,6 +620,8 @@ class Guard:
                     self.poke_probe(self.probes[fd], time.monotonic())
                 elif self.follower.owns(fd):
                     self.view_step(self.follower.poke(time.monotonic()))
+                elif self.role.owns(fd):
+                    self.role_step(self.role.poke(time.monotonic()))
                 elif self.changes.owns(fd):
                     self.changes.reap(fd, time.monotonic())
                 elif fd == self._wake_r:
@@ -579,6 +638,9 @@ class Guard:
             view_deadline = self.follower.deadline()
             if view_deadline is not None and now >= view_deadline:
                 self.view_step(self.follower.poke(now, expire_only=True))
+            role_deadline = self.role.deadline()
+            if role_deadline is not None and now >= role_deadline:
+                self.role_step(self.role.poke(now, expire_only=True))
             self.changes.expire(now)
             self.control.drop_late(now)
             if now >= self.next_tick:
@@ -587,17 +649,24 @@ class Guard:
                 self.start_probe(now)
                 if self.pidfd is not None:
                     self.view_step(self.follower.start(now))
+                self.role_step(self.role.start(now))  # asks only with serve = "postgresql"
                 self.evaluate("tick")
                 self.write_state()
                 notify("WATCHDOG=1")
 
     def stop(self) -> int:
-        """Keep the addresses while pgpool runs (the next guard adopts them), else withdraw."""
+        """Keep the addresses while pgpool runs, or (serve = "postgresql") while the server
+        answers as the primary: the next guard adopts them. Else withdraw."""
         notify("STOPPING=1")
-        if self.pidfd is None and self.state.phase is not Phase.WITHDRAWN:
+        if self.config.serve == POSTGRESQL:
+            serving, after = self.role.view.is_primary(), "PostgreSQL"
+        else:
+            serving, after = self.pidfd is not None, "pgpool"
+        self.role.cancel()
+        if not serving and self.state.phase is not Phase.WITHDRAWN:
             self.state = GuardState(Phase.WITHDRAWN, time.monotonic(), None)
             self.transition(
-                "guard stops after pgpool", self.withdraw_addresses(self.config.addresses)
+                f"guard stops after {after}", self.withdraw_addresses(self.config.addresses)
             )
         self.log(SEVERITY_INFO, event="stop", phase=self.state.phase.value)
         self.changes.close()

@@ -41,7 +41,9 @@ def guarded_settings(args: HookArgs) -> ClientSettings | None:
         client = read_client(args.config_path)
     except (ConfigError, OSError):
         return None
-    return client if client is not None and client.mode == "guarded" else None
+    if client is None or client.mode != "guarded" or client.serve != "pgpool":
+        return None  # serve = "postgresql": hook.py refuses, in its frame
+    return client
 
 
 def run_guarded(args: HookArgs, client: ClientSettings) -> int:

@@ -65,7 +65,19 @@ def acts_on_addresses(config: Config) -> bool:
 
 
 def run_probe_only(config: Config, log: RunLog) -> int:
-    """The guarded mode's `check`: probe, write the line, exit 0 if pgpool answered, else 1."""
+    """The guarded mode's `check`: probe, write the line, exit 0 if pgpool answered, else 1.
+    With serve = "postgresql" the probe is the guard's question to PostgreSQL, once."""
+    if config.serve == "postgresql":
+        from pgpool_anycast_hook.guard_role import ask_once
+
+        role, detail, latency = ask_once(config, config.check_timeout)
+        code = 0 if role is not None else 1
+        log.set(mode=config.mode, serve=config.serve, probe="failed" if role is None else "ok",
+                role=role or "unknown", detail=detail, latency_ms=round(latency * 1000, 1),
+                changed="none")  # fmt: skip
+        severity = SEVERITY_INFO if role is not None else SEVERITY_WARNING
+        log.emit(severity, result="ok" if role is not None else "unhealthy", exit=code)
+        return code
     settings = read_pgpool_conf(config.pgpool_conf)
     result = probe_once(settings, config.check_timeout, config.check_query)
     code = 0 if result.ok else 1

@@ -7,6 +7,9 @@ run_lock.py), read pgpool's state, decide (decision.py, pure), apply
 (announcement.py or pgpool_status.py), and write the one log line. Every failure
 becomes an exit code from errors.py.
 
+On a PostgreSQL host (serve = "postgresql") none of the three applies: they are
+pgpool's hooks, and the run says so (errors.NotApplicable, exit 2).
+
 In the guarded wiring, main.py sends `add` and `del` to guard_client.py before
 this module is imported; they come here only when the compiled configuration
 cannot answer, and then go to the guard from here (guard_client.exchange).
@@ -87,6 +90,13 @@ def run_hook(args: HookArgs) -> int:
     event = HookEvent(Verb(args.verb), args.node, args.old_primary)
 
     def body(config: Config, log: RunLog) -> int:
+        if config.serve == "postgresql":
+            from pgpool_anycast_hook.errors import NotApplicable
+
+            raise NotApplicable(
+                f"{event.verb.value} is pgpool's hook; this host follows PostgreSQL "
+                '(serve = "postgresql"): see status, drain, disable'
+            )
         if config.mode == "guarded" and event.verb is not Verb.CLEAN:
             from pgpool_anycast_hook.guard_client import exchange
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, NamedTuple, TypeVar
 from pgpool_anycast_hook.guard_state import Phase
 from pgpool_anycast_hook.pool_nodes import BackendNode
 from pgpool_anycast_hook.pool_view import ViewState
+from pgpool_anycast_hook.role_view import RoleState
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import GaugeMetricFamily, Metric
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 PREFIX = "pgpool_anycast_"
 MODE = 0o644  # node_exporter runs as its own user (prometheus)
 VIEW_STATES = tuple(state.value for state in ViewState)  # pgpool's view: SHOW POOL_NODES
+ROLE_STATES = tuple(state.value for state in RoleState)  # serve = "postgresql": role_view.py
 T = TypeVar("T")
 BACKEND_LABELS = ("node_id", "hostname", "port", "status", "role", "pg_status", "pg_role")
 
@@ -58,6 +60,9 @@ class MetricsSnapshot(NamedTuple):
     query_latency: float | None  # the last SHOW POOL_NODES round trip, seconds
     backends: tuple[BackendNode, ...]  # from pool_nodes.py, as pgpool reported them last
     primary_node_id: int | None  # the primary pgpool reports (None: none)
+    role_state: str = RoleState.OFF.value  # serve = "postgresql": the local server's role
+    postgresql_primary: bool | None = None  # its last answer in force (None: none)
+    role_latency: float | None = None  # the last SELECT pg_is_in_recovery() round trip
 
 
 def _text(value: str) -> str:
@@ -112,6 +117,7 @@ def families(snapshot: MetricsSnapshot) -> Iterator["Metric"]:
     yield from _guard_families(snapshot)
     yield from _probe_families(snapshot)
     yield from _pool_nodes_families(snapshot)
+    yield from _role_families(snapshot)
 
 
 def _guard_families(snapshot: MetricsSnapshot) -> Iterator["Metric"]:
@@ -254,6 +260,35 @@ def _pool_nodes_families(snapshot: MetricsSnapshot) -> Iterator["Metric"]:
         "The node id pgpool reports as its primary (-1: none).",
         value=float(primary),
     )
+
+
+def _role_families(snapshot: MetricsSnapshot) -> Iterator["Metric"]:
+    """serve = "postgresql": the local PostgreSQL's role; nothing on a balancer."""
+    if snapshot.role_state == RoleState.OFF.value:
+        return
+    state = _gauge(
+        "postgresql_state",
+        "1 for the state of the guard's view of the local PostgreSQL's role (serve = "
+        "postgresql): INIT (no answer yet), KNOWN, STALE (last answer kept), LOST.",
+        ("state",),
+    )
+    for known in ROLE_STATES:
+        if known != RoleState.OFF.value:
+            state.add_metric([known], float(snapshot.role_state == known))
+    yield state
+    if snapshot.postgresql_primary is not None:
+        yield _gauge(
+            "postgresql_primary",
+            "1 if the local PostgreSQL's last answer in force said primary "
+            "(pg_is_in_recovery() false), 0 if standby.",
+            value=float(snapshot.postgresql_primary),
+        )
+    if snapshot.role_latency is not None:
+        yield _gauge(
+            "postgresql_latency_seconds",
+            "Round trip of the last SELECT pg_is_in_recovery() to the local PostgreSQL.",
+            value=snapshot.role_latency,
+        )
 
 
 def render(snapshot: MetricsSnapshot) -> bytes:

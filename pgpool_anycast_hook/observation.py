@@ -1,7 +1,8 @@
 """Everything `status`, `reconcile` and `check` look at, read once per run.
 
 Reading is side-effect free; deciding is policy.py; applying is announcement.py.
-`observe` probes pgpool and must run outside the run lock; `refresh` re-reads only
+`observe` probes pgpool (not with serve = "postgresql": there the guard's report of
+PostgreSQL's role counts) and must run outside the run lock; `refresh` re-reads only
 what is cheap, for use under it.
 """
 
@@ -15,6 +16,8 @@ from pgpool_anycast_hook.pgpool_conf import PgpoolSettings, read_pgpool_conf
 from pgpool_anycast_hook.pgpool_probe import ProbeResult
 from pgpool_anycast_hook.policy import Facts, Verdict, needs_view, verdict
 from pgpool_anycast_hook.pool_view import PoolView, ViewState, from_record
+from pgpool_anycast_hook.role_view import RoleState, RoleView
+from pgpool_anycast_hook.role_view import from_record as role_from_record
 from pgpool_anycast_hook.safe_files import read_regular
 
 
@@ -28,6 +31,7 @@ class Observation(NamedTuple):
     hold: Hold | None
     presence: announcement.Presence
     view: PoolView = PoolView(ViewState.OFF)  # pgpool's own, as the guard last reported it
+    role: RoleView = RoleView(RoleState.OFF)  # serve = "postgresql": as the guard reported it
 
     def facts(self, config: Config) -> Facts:
         node = config.primary_node_id
@@ -40,6 +44,8 @@ class Observation(NamedTuple):
             primary_node_id=node,
             announce_when=config.announce_when,
             view=self.view,
+            serve=config.serve,
+            role=self.role,
         )
 
     def desire(self, config: Config) -> Verdict:
@@ -56,7 +62,9 @@ def observe(
     settings = settings or read_pgpool_conf(config.pgpool_conf)
     pid = pgpool_process.read_pid_file(settings.pid_file)
     alive = pgpool_process.pgpool_alive(pid)
-    if probed is not None:
+    if config.serve == "postgresql":  # no pgpool is followed here: the guard's role decides
+        listening = None
+    elif probed is not None:
         listening = probed.endpoint if alive and probed.ok else None
     else:
         listening = pgpool_process.listening(settings, config.check_timeout) if alive else None
@@ -94,6 +102,7 @@ def _cheap_facts(config: Config, seen: Observation) -> Observation:
         status=pgpool_status.read_status_file(seen.status_file, backends),
         hold=read_hold(config.state_dir),
         view=guard_view(config),
+        role=guard_role(config),
     )
 
 
@@ -112,3 +121,11 @@ def guard_view(config: Config) -> PoolView:
         return PoolView(ViewState.OFF)
     record = guard_record(config)
     return from_record(record.get("view") if record else None)
+
+
+def guard_role(config: Config) -> RoleView:
+    """serve = "postgresql": the local server's role as the guard reported it."""
+    if config.serve != "postgresql":
+        return RoleView(RoleState.OFF)
+    record = guard_record(config)
+    return role_from_record(record.get("role") if record else None)

@@ -217,6 +217,12 @@ def conninfo(settings: PgpoolSettings, **parameters: str) -> str:
     tcp = tcp_host(settings.listen_addresses)
     hosts = settings.socket_dir if tcp is None else f"{settings.socket_dir},{tcp}"
     ports = str(settings.port) if tcp is None else f"{settings.port},{settings.port}"
+    return libpq_conninfo(hosts, ports, **parameters)
+
+
+def libpq_conninfo(hosts: str, ports: str, **parameters: str) -> str:
+    """libpq's connection string: `hosts` (socket directories or numeric addresses) and
+    `ports`, as libpq lists them; pgpool's (conninfo) and PostgreSQL's (guard_role.py)."""
     fields = {"host": hosts, "port": ports, **parameters,
               "application_name": "pgpool-anycast-hook", "sslmode": "disable",
               "gssencmode": "disable"}  # fmt: skip

@@ -12,15 +12,23 @@ What "pgpool serves" means is the operator's choice (`announce_when`):
   whichever node pgpool itself reports as the primary and up (SHOW POOL_NODES).
 - "any-backend": at least one backend pgpool can balance reads to is up; with no
   primary, writes fail and reads go on.
+
+On a PostgreSQL host (serve = "postgresql", the last resort when every balancer is
+gone) no pgpool is followed at all: the addresses are announced while the local
+server answers and is a primary (role_view.py), and the hold and a drain hold there
+as everywhere.
 """
 
 from typing import NamedTuple
 
 from pgpool_anycast_hook.pool_view import PoolView, ViewState
+from pgpool_anycast_hook.role_view import RoleState, RoleView
 
 PRIMARY = "primary"
 ANY_BACKEND = "any-backend"
 ANNOUNCE_WHEN = (PRIMARY, ANY_BACKEND)
+SERVE_PGPOOL = "pgpool"
+SERVE_POSTGRESQL = "postgresql"
 
 NO_ADDRESSES = "no addresses configured"
 HOLD = "maintenance hold is set (run `enable` to lift it)"
@@ -37,6 +45,12 @@ NO_PRIMARY = "pgpool reports no primary that is up"
 SERVES_PRIMARY = "pgpool serves and reports primary node {node} up"
 NO_BACKEND = "pgpool reports no backend up to balance reads to"
 SERVES_BACKENDS = "pgpool serves and reports {count} backend(s) up{writes}"
+DRAINED_POSTGRESQL = "drained for a planned stop (until PostgreSQL starts again)"
+ROLE_UNKNOWN = "PostgreSQL's role is not known here (the guard reports it in guard.json)"
+ROLE_PENDING = "waiting for PostgreSQL's first answer to SELECT pg_is_in_recovery()"
+ROLE_LOST = "PostgreSQL's role is unknown: unanswered {misses} times ({error})"
+STANDBY = "PostgreSQL is a standby (pg_is_in_recovery() is true)"
+SERVES_AS_PRIMARY = "PostgreSQL is the primary (last resort, behind the balancers)"
 
 CODES = {
     NO_ADDRESSES: "no-addresses",
@@ -54,6 +68,12 @@ CODES = {
     SERVES_PRIMARY: "serves",
     NO_BACKEND: "no-backend",
     SERVES_BACKENDS: "serves",
+    DRAINED_POSTGRESQL: "drained",
+    ROLE_UNKNOWN: "role-unknown",
+    ROLE_PENDING: "role-pending",
+    ROLE_LOST: "role-lost",
+    STANDBY: "standby",
+    SERVES_AS_PRIMARY: "serves",
 }
 
 
@@ -68,6 +88,8 @@ class Facts(NamedTuple):
     announce_when: str = PRIMARY
     view: PoolView = PoolView(ViewState.OFF)  # SHOW POOL_NODES, when the guard asks it
     drained: bool = False  # `drain` withdrew for a planned stop, whatever pgpool says now
+    serve: str = SERVE_PGPOOL  # "postgresql": the local PostgreSQL's role decides, not pgpool
+    role: RoleView = RoleView(RoleState.OFF)  # its role, as the guard asks it (serve: postgresql)
 
 
 class Verdict(NamedTuple):
@@ -86,6 +108,8 @@ def verdict(facts: Facts) -> Verdict:
     node = facts.primary_node_id
     if not facts.addresses_configured:
         return _verdict(False, NO_ADDRESSES)
+    if facts.serve == SERVE_POSTGRESQL:
+        return _postgresql_verdict(facts)
     if facts.primary_going_away and facts.announce_when == PRIMARY:
         return _verdict(False, PRIMARY_GOING_AWAY, node=node)
     if facts.drained:
@@ -117,6 +141,24 @@ def verdict(facts: Facts) -> Verdict:
         return _verdict(False, NO_BACKEND)
     writes = "" if primary is not None else " (no primary: writes fail)"
     return _verdict(True, SERVES_BACKENDS, count=count, writes=writes)
+
+
+def _postgresql_verdict(facts: Facts) -> Verdict:
+    """serve = "postgresql": a drain and the hold first, then the local server's role."""
+    if facts.drained:
+        return _verdict(False, DRAINED_POSTGRESQL)
+    if facts.hold:
+        return _verdict(False, HOLD)
+    role = facts.role
+    if role.state is RoleState.OFF:
+        return _verdict(False, ROLE_UNKNOWN)
+    if role.state is RoleState.LOST:
+        return _verdict(False, ROLE_LOST, misses=role.misses, error=role.error or "no answer")
+    if not role.in_force:  # INIT: provisional, as for an unanswered first probe
+        return _verdict(True, ROLE_PENDING)
+    if not role.is_primary():
+        return _verdict(False, STANDBY)
+    return _verdict(True, SERVES_AS_PRIMARY)
 
 
 def needs_view(primary_node_id: int | None, announce_when: str) -> bool:

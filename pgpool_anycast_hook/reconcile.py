@@ -1,7 +1,9 @@
 """`reconcile`, `disable` and `enable`: make the addresses match the desired state.
 
 `reconcile` runs at ExecStartPre (pgpool is not running yet, so leftovers of an
-unclean stop are removed), by hand, and after `enable`. It probes pgpool before it
+unclean stop are removed), by hand, and after `enable`. With serve = "postgresql"
+it only ever withdraws (as the guard's last report, guard.json, and the hold say):
+only the guard announces there, with a lease. It probes pgpool before it
 takes the run lock and re-reads only cheap facts under it. `disable` writes the
 maintenance hold first and then withdraws, so that no concurrent `add` can put the
 addresses back in between (an add that overlaps takes them back, run_lock.py).
@@ -24,6 +26,8 @@ def reconcile(config: Config, dry_run: bool, log: RunLog, hold_lifted: bool = Fa
     if not config.addresses:
         log.set(decision="nothing", reason="no addresses configured", changed="none")
         return 0
+    if config.serve == "postgresql":
+        return _reconcile_postgresql(config, dry_run, log, hold_lifted)
     mark = withdrawal_mark(config.state_dir)
     seen = observe(config)  # the probe: never under the lock
     with run_lock(config.lock_path, config.lock_timeout):
@@ -40,6 +44,25 @@ def reconcile(config: Config, dry_run: bool, log: RunLog, hold_lifted: bool = Fa
             reason=desire.reason,
         )
         changed = announcement.follow(config, desire.present, dry_run, mark, log)
+        log.set(changed=announcement.changed_field(changed))
+    if dry_run:
+        log.set(result="dry-run")
+    return 0
+
+
+def _reconcile_postgresql(config: Config, dry_run: bool, log: RunLog, hold_lifted: bool) -> int:
+    """serve = "postgresql": withdraw what the guard's last word (guard.json) and the hold
+    say should be absent; announcing, with a lease, is the guard's alone."""
+    with run_lock(config.lock_path, config.lock_timeout):
+        seen = observe(config)  # probes nothing with serve = "postgresql"
+        if hold_lifted:
+            seen = seen._replace(hold=None)
+        desire = seen.desire(config)
+        log.set(serve="postgresql", role=seen.role.role() or seen.role.state.value,
+                hold="yes" if seen.hold else "no",
+                decision="leave-to-guard" if desire.present else "withdraw",
+                reason=desire.reason)  # fmt: skip
+        changed = [] if desire.present else announcement.withdraw(config, dry_run)
         log.set(changed=announcement.changed_field(changed))
     if dry_run:
         log.set(result="dry-run")

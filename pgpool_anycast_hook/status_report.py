@@ -15,6 +15,8 @@ from pgpool_anycast_hook.config import Config
 from pgpool_anycast_hook.errors import ExitCode
 from pgpool_anycast_hook.observation import Observation, guard_record
 from pgpool_anycast_hook.pool_view import ViewState, to_record
+from pgpool_anycast_hook.role_view import RoleState
+from pgpool_anycast_hook.role_view import to_record as role_record
 
 if TYPE_CHECKING:  # routing.py (subprocess, selectors) loads only with --routing
     from pgpool_anycast_hook.routing import RoutingAnswer
@@ -66,6 +68,8 @@ def report(
         "hold": seen.hold._asdict() if seen.hold else None,
         "check": None if check is None else {"state": check.health.value, "count": check.streak},
         "mode": config.mode,
+        "serve": config.serve,
+        "postgresql": None if seen.role.state is RoleState.OFF else role_record(seen.role),
         "guard": guard_report(config) if config.mode == "guarded" else None,
         "desired": wanted,
         "reason": desire.reason,
@@ -138,9 +142,14 @@ def _guard_row(guard: dict[str, Any] | None) -> str:
     if guard is None:
         return "not running (no guard.json)"
     last = guard.get("last_transition") or {}
+    role: dict[str, Any] = guard["role"] if isinstance(guard.get("role"), dict) else {}
+    if guard.get("serve") == "postgresql":
+        follows = f"PostgreSQL {role.get('role') or role.get('state')} ({role.get('misses')}), "
+    else:
+        follows = (f"pgpool pid {guard.get('pgpool_pid')}, "
+                   f"probe {guard.get('health')} ({guard.get('streak')}), ")  # fmt: skip
     return (
-        f"{guard.get('phase')}, pid {guard.get('pid')}, pgpool pid {guard.get('pgpool_pid')}, "
-        f"probe {guard.get('health')} ({guard.get('streak')}), "
+        f"{guard.get('phase')}, pid {guard.get('pid')}, {follows}"
         f"lease left {guard.get('lease_left')} s, "
         f"hold-down left {guard.get('hold_down_left')} s; "
         f"last: {last.get('to')} ({last.get('reason')})"
@@ -174,19 +183,20 @@ def as_table(data: dict[str, Any]) -> str:
             text += f", announced ({by})" if item["announced"] else ", not announced"
         rows.append((f"address {item['address']}", text))
     pgpool = data["pgpool"]
-    alive = f"alive, pid {pgpool['pid']}" if pgpool["alive"] else "not running"
-    rows.append(("pgpool", f"{alive} ({pgpool['pid_file']})"))
-    rows.append(("listening", pgpool["listening"] or f"no (port {pgpool['port']})"))
     status = data["pgpool_status"]
-    rows.append(("pgpool_status", f"{status['file']} ({status['format']})"))
-    for node in status["nodes"]:
+    if data.get("serve") != "postgresql":  # else no pgpool is followed here: its rows say nothing
+        alive = f"alive, pid {pgpool['pid']}" if pgpool["alive"] else "not running"
+        rows.append(("pgpool", f"{alive} ({pgpool['pid_file']})"))
+        rows.append(("listening", pgpool["listening"] or f"no (port {pgpool['port']})"))
+        rows.append(("pgpool_status", f"{status['file']} ({status['format']})"))
+    for node in status["nodes"] if data.get("serve") != "postgresql" else ():
         rows.append(
             (
                 f"  node {node['node']}",
                 f"{'up' if node['up'] else 'down'} ({node['record'] or 'empty'})",
             )
         )
-    if status["primary_usable"] is not None:
+    if status["primary_usable"] is not None and data.get("serve") != "postgresql":
         usable = "usable" if status["primary_usable"] else "down"
         rows.append((f"primary node {status['primary_node_id']}", usable))
     view = data.get("pool_nodes")
@@ -196,6 +206,10 @@ def as_table(data: dict[str, Any]) -> str:
         rows.append(("pool_nodes", text + (f" ({view['error']})" if view["error"] else "")))
         for node in view["nodes"]:
             rows.append((f"  node {node['node_id']}", f"{node['status']} {node['role']}"))
+    role = data.get("postgresql")
+    if role is not None:
+        text = f"{role['state']}, {role['role'] or 'role unknown'}"
+        rows.append(("postgresql", text + (f" ({role['error']})" if role["error"] else "")))
     hold = data["hold"]
     held = f"set {hold['since']} by {hold['by']}: {hold['reason'] or '-'}" if hold else "none"
     rows.append(("hold", held))

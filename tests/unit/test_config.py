@@ -238,3 +238,74 @@ def test_check_config_prints_what_a_user_can_paste_back(tmp_path: Path, primary:
     again = write(tmp_path / "again" / "config.toml", "")
     again.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in printed.items()))
     assert load_config(str(again))._replace(sources=()) == config._replace(sources=())
+
+
+# -- serve = "postgresql" ------------------------------------------------------------------
+
+
+def test_postgresql_keys(tmp_path: Path) -> None:
+    main = write(
+        tmp_path / "config.toml",
+        'mode = "guarded"\nserve = "postgresql"\npostgresql_socket_dir = "/run/pg"\n'
+        'postgresql_port = 5433\npostgresql_user = "anycast"\npostgresql_database = "db"\n'
+        'postgresql_passfile = "/etc/x/pgpass"\npostgresql_timeout = 0.2\n'
+        "postgresql_misses = 6\n",
+    )
+    config = load_config(str(main))
+    assert config.serve == "postgresql" and config.postgresql_socket_dir == "/run/pg"
+    assert config.postgresql_port == 5433 and config.postgresql_user == "anycast"
+    assert config.postgresql_database == "db" and config.postgresql_passfile == "/etc/x/pgpass"
+    assert config.postgresql_timeout == 0.2 and config.postgresql_misses == 6
+    assert load_config(str(write(tmp_path / "d" / "config.toml", ""))).serve == "pgpool"
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ('serve = "postgresql"', 'serve = "postgresql" needs mode = "guarded"'),
+        ('serve = "postgres"', "serve must be one of pgpool, postgresql"),
+        ('mode = "guarded"\nserve = "postgresql"\npostgresql_timeout = 0.5',
+         "postgresql_timeout 0.5 must be below interval 0.5"),
+        ('mode = "guarded"\nserve = "postgresql"\nprimary_node_id = "auto"',
+         'serve = "postgresql" follows no pgpool'),
+        ('mode = "guarded"\nserve = "postgresql"\nquery_pool_nodes = true',
+         'serve = "postgresql" follows no pgpool'),
+        ("postgresql_port = 0", "postgresql_port must be a port number"),
+        ("postgresql_port = true", "postgresql_port must be a port number"),
+        ('postgresql_socket_dir = "run"', "postgresql_socket_dir must be an absolute path"),
+        ('postgresql_socket_dir = ""', "postgresql_socket_dir must not be empty"),
+        ('postgresql_user = "a b"', "postgresql_user must be at most 63"),
+        ("postgresql_misses = 0", "postgresql_misses must be an integer"),
+        ("postgresql_timeout = 0", "postgresql_timeout must be between"),
+    ],
+)  # fmt: skip
+def test_postgresql_keys_refused(tmp_path: Path, text: str, why: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(why)):
+        load_config(str(write(tmp_path / "config.toml", text + "\n")))
+
+
+def test_the_postgresql_keys_are_one_block() -> None:
+    """Kept together in Config (and in config.toml and the man page), for merges."""
+    fields = list(Config._fields)
+    block = [name for name in fields if name == "serve" or name.startswith("postgresql_")]
+    start = fields.index("serve")
+    assert fields[start : start + len(block)] == block
+
+
+def test_every_key_is_documented_and_the_postgresql_block_stays_one() -> None:
+    """conf.d/config.toml shows every key with its default, the man page names it, and
+    serve's keys sit together in both, in Config's order (one block to merge around)."""
+    repo = Path(__file__).resolve().parents[2]
+    shipped = (repo / "conf.d" / "config.toml").read_text().splitlines()
+    manual = (repo / "packaging" / "man" / "pgpool-anycast-hook.8").read_text()
+    keys = [name for name in Config._fields if name != "sources"]
+    shown = [line[1:].split(" =")[0] for line in shipped if re.match(r"#[a-z_]+ = ", line)]
+    assert sorted(shown) == sorted(keys)
+    for key in keys:
+        assert f".B {key} =" in manual, key
+    block = [k for k in keys if k == "serve" or k.startswith("postgresql_")]
+    start = shown.index("serve")
+    assert shown[start : start + len(block)] == block
+    named = re.findall(r"^\.B (\w+) =", manual, flags=re.MULTILINE)
+    start = named.index("serve")
+    assert named[start : start + len(block)] == block

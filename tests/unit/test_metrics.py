@@ -291,3 +291,24 @@ def test_any_snapshot_renders_to_text_that_parses(snapshot: MetricsSnapshot) -> 
     assert heartbeat == snapshot.heartbeat or (
         math.isnan(heartbeat) and math.isnan(snapshot.heartbeat)
     )
+
+
+def test_the_postgresql_hosts_role() -> None:
+    """serve = "postgresql": the role's state, primary or not, the query's latency."""
+    snapshot = ANNOUNCED._replace(probe_ok=None, view_state="OFF", backends=(),
+                                  primary_node_id=None, role_state="STALE",
+                                  postgresql_primary=True, role_latency=0.002)  # fmt: skip
+    series, _ = parse(render(snapshot))
+    assert one(series, "postgresql_state", state="STALE") == 1.0
+    assert one(series, "postgresql_state", state="KNOWN") == 0.0
+    assert (P + "postgresql_state", frozenset({("state", "OFF")})) not in series
+    assert one(series, "postgresql_primary") == 1.0
+    assert one(series, "postgresql_latency_seconds") == 0.002
+    lost, _ = parse(render(snapshot._replace(role_state="LOST", postgresql_primary=None)))
+    assert one(lost, "postgresql_state", state="LOST") == 1.0
+    assert P + "postgresql_primary" not in names(lost)  # no answer in force: no claim
+
+
+def test_a_balancer_has_no_postgresql_series() -> None:
+    series, _ = parse(render(ANNOUNCED))
+    assert not [name for name in names(series) if name.startswith(P + "postgresql")]

@@ -9,6 +9,7 @@ from pgpool_anycast_hook import policy
 from pgpool_anycast_hook.policy import Facts, verdict
 from pgpool_anycast_hook.pool_nodes import BackendNode
 from pgpool_anycast_hook.pool_view import PoolView, ViewState
+from pgpool_anycast_hook.role_view import RoleState, RoleView
 
 FLAGS = [True, False]
 
@@ -117,3 +118,74 @@ def test_a_drain_holds_in_every_mode(view: PoolView, when: str, node: int | None
     decides otherwise ("auto", "any-backend", a fixed id)."""
     facts = Facts(True, False, True, True, True, node, False, when, view, drained=True)
     assert verdict(facts) == policy.Verdict(False, policy.DRAINED, "drained")
+
+
+# -- serve = "postgresql": the PostgreSQL host's last resort -----------------------------
+
+roles = st.builds(
+    RoleView,
+    st.sampled_from(RoleState),
+    st.none() | st.booleans(),
+    st.sampled_from(["", "t0"]),
+    st.integers(0, 20),
+    st.sampled_from(["", "refused"]),
+)
+
+
+@given(
+    configured=st.booleans(),
+    hold=st.booleans(),
+    drained=st.booleans(),
+    alive=st.booleans(),
+    listening=st.booleans(),
+    usable=st.booleans(),
+    going=st.booleans(),
+    role=roles,
+    view=views,
+)
+def test_postgresql_announces_only_while_the_server_is_the_primary(
+    configured: bool,
+    hold: bool,
+    drained: bool,
+    alive: bool,
+    listening: bool,
+    usable: bool,
+    going: bool,
+    role: RoleView,
+    view: PoolView,
+) -> None:
+    """pgpool's facts mean nothing there; the role, the hold and a drain decide."""
+    facts = Facts(configured, hold, alive, listening, usable, 0, going, view=view,
+                  drained=drained, serve=policy.SERVE_POSTGRESQL, role=role)  # fmt: skip
+    judged = verdict(facts)
+    pending = role.state is RoleState.INIT
+    wanted = configured and not hold and not drained and (role.is_primary() or pending)
+    assert judged.present is wanted
+    assert judged.code in policy.CODES.values()
+    checks = [
+        (configured, "no-addresses"),
+        (not drained, "drained"),
+        (not hold, "hold"),
+        (role.state is not RoleState.OFF, "role-unknown"),
+        (role.state is not RoleState.LOST, "role-lost"),
+        (not pending, "role-pending"),
+        (role.is_primary(), "standby"),
+    ]
+    first = next((code for ok, code in checks if not ok), "serves")
+    assert judged.code == first
+    if first == "drained":
+        assert "PostgreSQL starts again" in judged.reason
+
+
+def test_postgresql_codes() -> None:
+    facts = Facts(True, False, False, False, False, serve=policy.SERVE_POSTGRESQL)
+    lost = RoleView(RoleState.LOST, True, "t0", 4, "connection refused")
+    assert verdict(facts._replace(role=lost)) == policy.Verdict(
+        False, "PostgreSQL's role is unknown: unanswered 4 times (connection refused)", "role-lost"
+    )
+    standby = RoleView(RoleState.KNOWN, False, "t0")
+    assert verdict(facts._replace(role=standby)).code == "standby"
+    primary = RoleView(RoleState.STALE, True, "t0", 1, "timeout")
+    assert verdict(facts._replace(role=primary)).present  # the last answer holds
+    assert verdict(facts).code == "role-unknown"  # OFF: a command that cannot see the guard
+    assert verdict(facts._replace(role=RoleView())).code == "role-pending"
