@@ -19,7 +19,7 @@ apt_packages=(
     python3-psycopg python3-prometheus-client
     python3-pytest python3-hypothesis
     # real components the tests drive
-    iproute2 procps util-linux libcap2-bin pgpool2 postgresql postgresql-contrib frr
+    iproute2 procps util-linux libcap2-bin pgpool2 postgresql postgresql-contrib frr bird2
     prometheus-node-exporter
     debootstrap systemd-container zstd
     # building and checking the .deb
