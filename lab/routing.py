@@ -57,6 +57,7 @@ class Example:
     name: str  # under docs/examples/
     written_for: Host
     has_hostname: bool  # FRR's `hostname` line (BIRD has none)
+    has_asn: bool  # BGP's local ASN
 
     @property
     def path(self) -> Path:
@@ -65,7 +66,9 @@ class Example:
     def substitutions(self, host: Host) -> list[tuple[str, str]]:
         """(value in the file, value for `host`) pairs: the only per-host values."""
         ref = self.written_for
-        pairs = [(ref.ospf_ip, host.ospf_ip), (str(ref.asn), str(host.asn))]
+        pairs = [(ref.ospf_ip, host.ospf_ip)]  # its address on br1, and its router-id
+        if self.has_asn:
+            pairs.append((str(ref.asn), str(host.asn)))
         if self.has_hostname:
             pairs.append((f"hostname {ref.name}\n", f"hostname {host.name}\n"))
         return pairs
@@ -83,9 +86,9 @@ class Example:
 
 
 BAL1, _, BAL3 = BALANCERS
-FRR_OSPF_BFD = Example("frr-ospf-bfd.conf", BAL1, has_hostname=True)
-FRR_BGP = Example("frr-bgp.conf", BAL1, has_hostname=True)
-BIRD_BGP = Example("bird-bgp.conf", BAL3, has_hostname=False)
+FRR_OSPF_BFD = Example("frr-ospf-bfd.conf", BAL1, has_hostname=True, has_asn=False)
+FRR_BGP = Example("frr-bgp.conf", BAL1, has_hostname=True, has_asn=True)
+BIRD_BGP = Example("bird-bgp.conf", BAL3, has_hostname=False, has_asn=True)
 
 
 def runs_bird(host: Host, profile: Profile) -> bool:

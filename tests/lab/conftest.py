@@ -66,8 +66,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.lab)
-    order = {None: -1, **{profile: index for index, profile in enumerate(PROFILES)}}
-    items.sort(key=lambda item: order[item_profile(item)])
+    # Sort the lab's items among themselves, in the places they hold: the rest of the
+    # session keeps its order.
+    places = [index for index, item in enumerate(items) if item_profile(item) is not None]
+    order = {profile: index for index, profile in enumerate(PROFILES)}
+    ordered = sorted((items[i] for i in places), key=lambda item: order[item_profile(item)])
+    for place, item in zip(places, ordered, strict=True):
+        items[place] = item
 
 
 @pytest.fixture(scope="session")
