@@ -133,15 +133,16 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-def ip_route(prefix: str) -> list[str]:
-    return ["ip", "-6" if ":" in prefix else "-4", "route", "show", prefix]
+def ip_route(prefix: str, as_json: bool = False) -> list[str]:
+    """`ip route show PREFIX` in the prefix's family (IPv4 /32 or IPv6 /128)."""
+    family = "-6" if ":" in prefix else "-4"
+    return ["ip", *(["-j"] if as_json else []), family, "route", "show", prefix]
 
 
 def next_hops(prefix: str = ANYCAST_PREFIX) -> list[str]:
     """The router's kernel next hops for an anycast prefix (/32 or /128): the balancers'
     addresses on the routing network (br1)."""
-    argv = ip_route(prefix)
-    out = netns.ns_run(ROUTER.netns, [argv[0], "-j", *argv[1:]]).stdout
+    out = netns.ns_run(ROUTER.netns, ip_route(prefix, as_json=True)).stdout
     hops: list[str] = []
     for route in json.loads(out or "[]"):
         if "gateway" in route:

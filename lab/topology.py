@@ -58,10 +58,10 @@ class Lab:
             return set()
         return {b.host.ospf_ip6 for b in self.balancers.values()}
 
-    def converge(self, timeout: float = 0.0) -> None:
+    def converge(self, timeout: float = CONVERGE_TIMEOUT) -> None:
         """Wait until the router has every balancer for both anycast addresses."""
-        frr.wait_next_hops(self.all_next_hops(), timeout or CONVERGE_TIMEOUT)
-        frr.wait_next_hops(self.all_next_hops6(), timeout or CONVERGE_TIMEOUT, ANYCAST6_PREFIX)
+        frr.wait_next_hops(self.all_next_hops(), timeout)
+        frr.wait_next_hops(self.all_next_hops6(), timeout, ANYCAST6_PREFIX)
 
     def is_nominal(self) -> bool:
         """Every backend runs in its starting role, every pgpool runs with the lab's own
