@@ -20,8 +20,10 @@ from lab.measure import RouteWatch, connect_many
 from lab.routing import Profile
 from lab.topology import Lab
 from tests.lab.conftest import Report
+from tests.lab.test_guard_lab import wait_until
 
 BFD_MULTIPLIER, BFD_INTERVAL_MS = 3, 300  # docs/examples/*bfd*, *bgp*: 3 x 300 ms
+BFD_UP_TIMEOUT = 20.0  # FRR's bfdd sends at 1 s until a session is up, then at 300 ms
 
 
 def expected_peers(lab: Lab) -> set[str]:
@@ -31,7 +33,17 @@ def expected_peers(lab: Lab) -> set[str]:
 
 def test_bfd_watches_every_balancer_with_the_shipped_timers(lab: Lab, report: Report) -> None:
     """One BFD session per routing adjacency, up, at 3 x 300 ms: OSPF's three (IPv4),
-    BGP's six (an IPv4 and an IPv6 session per balancer, BIRD's on bal3 included)."""
+    BGP's six (an IPv4 and an IPv6 session per balancer, BIRD's on bal3 included). A BFD
+    session starts once its routing session is up, so a lab just built or switched may
+    have its routes a moment before every BFD session is up: wait for that, bounded."""
+    started = time.monotonic()
+    wait_until(
+        "every BFD session up",
+        lambda: frr.bfd_sessions() == dict.fromkeys(expected_peers(lab), "up"),
+        BFD_UP_TIMEOUT,
+        0.2,
+    )
+    report("bfd_all_up_after_ms", round(1000 * (time.monotonic() - started)))
     peers = frr.vtysh_json("show bfd peers json")
     assert isinstance(peers, list), peers
     by_peer = {str(p["peer"]): p for p in peers}
