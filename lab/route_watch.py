@@ -27,6 +27,8 @@ def anycast_hops(ipr: IPRoute, address: str) -> list[str]:
     family = socket.AF_INET6 if parsed.version == 6 else socket.AF_INET
     hops: list[str] = []
     for route in ipr.route("dump", family=family):
+        if route.get_attr("RTA_TABLE") != 254:  # the main table: zebra's (lab.resilient's
+            continue  # copy of the route in its own table is not a second set of hops)
         dst = route.get_attr("RTA_DST")
         if dst is None or ipaddress.ip_address(dst) != parsed:
             continue

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 EXIT_CODES_HELP = """\b
 Exit status:
    0  done, or nothing to do
-   1  status: the addresses differ from the desired state;
+   1  status: the addresses differ from the desired state (with
+      --routing, or the routing daemon's export from the addresses);
       check: pgpool did not answer
    2  usage error
   69  the configured interface does not exist
@@ -68,13 +69,14 @@ def _non_empty(ctx: click.Context, param: click.Parameter, value: str | None) ->
     return value
 
 
-def _bounded(config_path: str | None, probes: int = 0) -> "Config":
+def _bounded(config_path: str | None, probes: int = 0, routing: bool = False) -> "Config":
     """Load the configuration and bound the command by `deadline`, plus its probes' time."""
     from pgpool_anycast_hook import deadline
     from pgpool_anycast_hook.config import load_config
 
     config = load_config(config_path)
-    deadline.arm(config.deadline + probes * config.check_timeout)
+    extra = config.routing_timeout if routing else 0.0
+    deadline.arm(config.deadline + probes * config.check_timeout + extra)
     return config
 
 
@@ -155,12 +157,21 @@ def check_config(ctx: click.Context) -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print stable JSON keys instead of a table.")
+@click.option(
+    "--routing",
+    is_flag=True,
+    help="Also ask the routing daemon (routing_daemon: FRR's vtysh or BIRD's birdc) "
+    "whether it exports each address.",
+)
 @click.pass_context
-def status(ctx: click.Context, as_json: bool) -> None:
+def status(ctx: click.Context, as_json: bool, routing: bool) -> None:
     """Show the addresses, pgpool, pgpool_status, the hold and the desired state.
 
     Exit 0 when the addresses match the desired state, 1 when they drift.
-    Changes nothing and writes no log line.
+    With --routing, also 1 when an address is present but not announced, or
+    announced but absent; a routing daemon that cannot be asked shows as
+    "unknown" and does not change the exit status. Changes nothing and writes
+    no log line.
     """
     from pgpool_anycast_hook import status_report
     from pgpool_anycast_hook.health_check import load_state, state_path
@@ -168,10 +179,16 @@ def status(ctx: click.Context, as_json: bool) -> None:
 
     options: Options = ctx.obj
     try:
-        config = _bounded(options.config_path, probes=2)  # the socket, then TCP
+        config = _bounded(options.config_path, probes=2, routing=routing)  # socket, then TCP
         check = load_state(state_path(config))
+        seen = observe(config)
+        answer = None
+        if routing:
+            from pgpool_anycast_hook.routing import ask, networks_of
+
+            answer = ask(config, networks_of(config))
         data = status_report.report(
-            config, observe(config), None if check.health.value == "INIT" else check
+            config, seen, None if check.health.value == "INIT" else check, answer
         )
     except HookError as error:
         click.echo(f"pgpool-anycast-hook: {error}", err=True)

@@ -80,6 +80,11 @@ class Config(NamedTuple):
     on_change: tuple[str, ...] = ()  # argv run after each transition (none: empty)
     on_change_timeout: float = 10.0
     on_change_max_running: int = 2
+    # `status --routing`: ask the routing daemon whether it exports the addresses (routing.py)
+    routing_daemon: str = "auto"  # "frr", "bird", "none"; auto: whichever control socket exists
+    routing_timeout: float = 2.0  # all of one status run's questions to the daemon together
+    frr_vty_socket: str = "/run/frr"  # the directory of FRR's *.vty sockets (vtysh --vty_socket)
+    bird_socket: str = "/run/bird/bird.ctl"  # BIRD's control socket (birdc -s)
     sources: tuple[str, ...] = ()  # files that were read, for check-config
 
     @property
@@ -319,6 +324,11 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "on_change": _argv,
     "on_change_timeout": _seconds(0.1, 3600.0),
     "on_change_max_running": _count,
+    # `status --routing`
+    "routing_daemon": _one_of("auto", "frr", "bird", "none"),
+    "routing_timeout": _seconds(0.1, 30.0),
+    "frr_vty_socket": _required_path,
+    "bird_socket": _required_path,
 }
 
 

@@ -19,7 +19,8 @@ class ExitCode:
     """The process exit codes, as plain ints."""
 
     OK = 0  # done, or nothing to do
-    DRIFT = 1  # `status`: addresses differ from the desired state; `check`: no answer
+    DRIFT = 1  # `status`: addresses differ from the desired state (--routing: or from the
+    #            routing daemon's export; "unknown" is not drift); `check`: no answer
     USAGE = 2  # bad command line
     UNAVAILABLE = 69  # the configured interface does not exist
     FAILURE = 70  # anything else went wrong

@@ -1,11 +1,14 @@
 """`status`: what is, what should be, and whether they match; as a table or as JSON.
 
 The JSON keys are a stable interface for monitoring; add keys, never rename them.
-Exit 0 when the actual state matches the desired state, DRIFT (1) when not.
+Exit 0 when the actual state matches the desired state, DRIFT (1) when not. With
+`--routing` also DRIFT when the routing daemon's export disagrees with an address
+(present but not announced, or announced but absent); a daemon that could not be
+asked ("unknown") is shown but leaves the exit code alone: it is no evidence of drift.
 """
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pgpool_anycast_hook.check_state import CheckState
 from pgpool_anycast_hook.config import Config
@@ -13,8 +16,16 @@ from pgpool_anycast_hook.errors import ExitCode
 from pgpool_anycast_hook.observation import Observation, guard_record
 from pgpool_anycast_hook.pool_view import ViewState, to_record
 
+if TYPE_CHECKING:  # routing.py (subprocess, selectors) loads only with --routing
+    from pgpool_anycast_hook.routing import RoutingAnswer
 
-def report(config: Config, seen: Observation, check: CheckState | None) -> dict[str, Any]:
+
+def report(
+    config: Config,
+    seen: Observation,
+    check: CheckState | None,
+    routing: "RoutingAnswer | None" = None,
+) -> dict[str, Any]:
     desire = seen.desire(config)
     primary = config.primary_node_id
     actual = seen.presence.state() if config.addresses else "absent"
@@ -31,6 +42,7 @@ def report(config: Config, seen: Observation, check: CheckState | None) -> dict[
                 "address": str(address),
                 "present": present,
                 "serving_route": None if routes is None else routes.get(address, False),
+                **_announced(routing, address.network),
             }
             for address, present in seen.presence.addresses.items()
         ],
@@ -60,6 +72,36 @@ def report(config: Config, seen: Observation, check: CheckState | None) -> dict[
         "reason_code": desire.code,
         "actual": actual,
         "matches": actual == wanted,
+        "routing": None if routing is None else routing_report(routing, seen),
+    }
+
+
+def _announced(routing: "RoutingAnswer | None", network: Any) -> dict[str, Any]:
+    """Per address, with --routing only: null unless the daemon was asked and answered."""
+    if routing is None:
+        return {}
+    if routing.state != "ok":
+        return {"announced": None, "announced_by": None}
+    by = routing.announced_by.get(network, ())
+    return {"announced": bool(by), "announced_by": list(by)}
+
+
+def routing_report(routing: "RoutingAnswer", seen: Observation) -> dict[str, Any]:
+    """`routing`: the daemon's answer; `matches` is null when it could not be asked."""
+    drift = []
+    if routing.state == "ok":
+        for address, present in seen.presence.addresses.items():
+            announced = bool(routing.announced_by.get(address.network))
+            if present and not announced:
+                drift.append({"address": str(address), "problem": "present but not announced"})
+            elif announced and not present:
+                drift.append({"address": str(address), "problem": "announced but absent"})
+    return {
+        "daemon": routing.daemon or None,
+        "state": routing.state,
+        "detail": routing.detail,
+        "drift": drift,
+        "matches": None if routing.state != "ok" else not drift,
     }
 
 
@@ -80,6 +122,18 @@ def guard_report(config: Config) -> dict[str, Any] | None:
     return data
 
 
+def _routing_row(routing: dict[str, Any]) -> str:
+    daemon = routing["daemon"] or "routing daemon"
+    if routing["state"] == "off":
+        return routing["detail"]
+    if routing["state"] == "unknown":
+        return f"{daemon}: unknown ({routing['detail']})"
+    if routing["drift"]:
+        problems = "; ".join(f"{d['address']} {d['problem']}" for d in routing["drift"])
+        return f"{daemon}: DRIFT: {problems} ({routing['detail']})"
+    return f"{daemon}: announcement matches the addresses ({routing['detail']})"
+
+
 def _guard_row(guard: dict[str, Any] | None) -> str:
     if guard is None:
         return "not running (no guard.json)"
@@ -94,7 +148,9 @@ def _guard_row(guard: dict[str, Any] | None) -> str:
 
 
 def exit_code(data: dict[str, Any]) -> int:
-    return int(ExitCode.OK if data["matches"] else ExitCode.DRIFT)
+    routing = data.get("routing")
+    announcement_drifts = routing is not None and routing["matches"] is False
+    return int(ExitCode.OK if data["matches"] and not announcement_drifts else ExitCode.DRIFT)
 
 
 def as_json(data: dict[str, Any]) -> str:
@@ -113,6 +169,9 @@ def as_table(data: dict[str, Any]) -> str:
         text = f"{'present' if item['present'] else 'absent'} on {data['interface']}"
         if item["serving_route"] is not None:
             text += f", serving route {'present' if item['serving_route'] else 'absent'}"
+        if item.get("announced") is not None:
+            by = ", ".join(item["announced_by"])
+            text += f", announced ({by})" if item["announced"] else ", not announced"
         rows.append((f"address {item['address']}", text))
     pgpool = data["pgpool"]
     alive = f"alive, pid {pgpool['pid']}" if pgpool["alive"] else "not running"
@@ -147,5 +206,7 @@ def as_table(data: dict[str, Any]) -> str:
         rows.append(("guard", _guard_row(guard)))
     rows.append(("desired", f"{data['desired']}: {data['reason']}"))
     rows.append(("actual", f"{data['actual']} ({'matches' if data['matches'] else 'DRIFT'})"))
+    if data.get("routing") is not None:
+        rows.append(("routing", _routing_row(data["routing"])))
     width = max(len(key) for key, _ in rows)
     return "".join(f"{key.ljust(width)}  {value}\n" for key, value in rows)

@@ -366,11 +366,11 @@ def test_pgpool_restart_loop_never_flaps_faster_than_hold_down(
 # -- 6. a planned restart: drain -------------------------------------------------------
 
 RATE, SECONDS = 100.0, 10.0
-MAX_OUT_OF_ROUTE = 6.0  # the standalone drain of bench/drain_orders: 11.4 s
-# Failures here are flows of the other balancers that the router's hash-threshold ECMP
-# moves when the next-hop set changes (not the drain's): 0-2 per round measured, 3 seen
-# once in 21 runs on a busy machine. Resilient hashing (issue 11) is what removes them.
-MAX_FAILED = 4
+# A generous bound on the drain, the stop, the start and the guard's first answer, which
+# a busy machine stretches several times over; that no hold-down was owed is checked
+# from the guard's journal, not from this time.
+MAX_OUT_OF_ROUTE = 15.0
+RESETS = {"Connection reset by peer", "Broken pipe"}  # a moved flow, as the client sees it
 
 
 @pytest.fixture
@@ -403,7 +403,17 @@ def test_planned_restart_drains_under_load_and_is_back_without_hold_down(
     report("drain_serving_route_while_withdrawn", facts.has_serving_route)
     assert any(a.start < run.started_at for a in run.result.attempts)
     assert any(a.start > run.back_at for a in run.result.attempts)
-    assert len(run.result.failures) <= MAX_FAILED, run.result.errors()
+    # The drain itself fails no connection. What fails are connections in flight at one
+    # of the router's two changes of next hops: its hash-threshold ECMP moves some flows
+    # of the other balancers too, and the balancer a flow lands on resets it (lab/README.md,
+    # resilient hashing). Nothing is refused and nothing times out.
+    at_changes = {id(a) for a in run.failed_in_flight(run.withdrawn_at)} | {
+        id(a) for a in run.failed_in_flight(run.back_at)
+    }
+    report("drain_failed_in_flight_at_a_change", len(at_changes))
+    stray = [a for a in run.result.failures if id(a) not in at_changes]
+    assert not stray, stray
+    assert {a.balancer for a in run.result.failures} <= RESETS, run.result.errors()
     assert out_of_route <= MAX_OUT_OF_ROUTE
     assert not facts.router_has_victim and len(facts.router_hops) == 2, facts
     assert facts.has_serving_route, facts  # bal1 still accepts flows the router moves late
