@@ -8,7 +8,7 @@ import sys
 
 from lab import frr, state, topology
 from lab.hosts import ANYCAST6_PREFIX, ANYCAST_PREFIX
-from lab.routing import Profile
+from lab.profiles import Profile
 
 
 def add_profile(parser: argparse.ArgumentParser) -> None:

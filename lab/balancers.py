@@ -1,5 +1,5 @@
 """The three balancers: systemd-nspawn containers (real systemd) joined to lab namespaces,
-each running a routing daemon (FRR, or BIRD on bal3 in the BGP profile: lab/routing.py),
+each running a routing daemon (FRR, or BIRD on bal3 in the BGP profile: lab/profiles.py),
 Debian's pgpool2 and the anycast hook installed from the .deb.
 
 `Wiring` decides which program pgpool and the unit call: the packaged hook in its guarded
@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab import frr, measure, netns, routing, state
+from lab import frr, measure, netns, profiles, state
 from lab.hosts import (
     ANYCAST,
     ANYCAST6_PREFIX,
@@ -180,7 +180,7 @@ class Balancer:
     # -- setup -----------------------------------------------------------------
 
     def configure(
-        self, deb: Path, wiring: Wiring, pgpool_debs: list[Path], profile: routing.Profile
+        self, deb: Path, wiring: Wiring, pgpool_debs: list[Path], profile: profiles.Profile
     ) -> None:
         """The profile's routing daemon, pgpool and the hook inside a freshly booted
         container; pgpool started.
@@ -215,9 +215,9 @@ class Balancer:
         box.copy_in(REFERENCE_SCRIPT, MANAGE_SH, 0o755)
         self.rewire(wiring, start=True)
 
-    def set_profile(self, profile: routing.Profile) -> None:
-        """The routing daemon and configuration of `profile` (lab/routing.py)."""
-        routing.configure_balancer(self.box, self.host, profile)
+    def set_profile(self, profile: profiles.Profile) -> None:
+        """The routing daemon and configuration of `profile` (lab/profiles.py)."""
+        profiles.configure_balancer(self.box, self.host, profile)
 
     def install_debs(self, debs: list[Path]) -> None:
         """dpkg -i over the root's pgpool (a downgrade, in the container's overlay only).

@@ -1,6 +1,6 @@
 """FRR on the router: zebra, bfdd and the profile's routing daemon (ospfd or bgpd) started
 by hand in its namespace; the router's routes to the anycast addresses, and its BGP and
-BFD sessions (vtysh). The balancers' routing daemons are lab/routing.py's."""
+BFD sessions (vtysh). The balancers' routing daemons are lab/profiles.py's."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from lab.hosts import (
     OSPF_NET,
     ROUTER,
 )
-from lab.routing import Profile
+from lab.profiles import Profile
 
 TEMPLATES = Path(__file__).with_name("templates")
 ROUTER_DIR = state.LAB_DIR / "frr-router"

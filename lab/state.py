@@ -46,7 +46,7 @@ class LabState:
     processes: list[ProcessRecord] = field(default_factory=list)
     containers: list[ContainerRecord] = field(default_factory=list)
     wiring: str = "guard"
-    # "ospf" or "bgp" (lab/routing.py); "" in a state written before the profiles, whose
+    # "ospf" or "bgp" (lab/profiles.py); "" in a state written before the profiles, whose
     # lab has no IPv6 and is not reused.
     profile: str = ""
     ready: bool = False

@@ -3,7 +3,7 @@
 Order of `up`: the hook's .deb and bal3's pgpool 4.1 .debs (lab/pgpool41.py), namespaces and
 links, the router's FRR, PostgreSQL, then the three balancer containers in parallel; ready
 when the router has one next hop per balancer (for the IPv6 anycast address too in the BGP
-profile). A running lab in the other routing profile (lab/routing.py) is reused: only the
+profile). A running lab in the other routing profile (lab/profiles.py) is reused: only the
 routing daemons are reconfigured and restarted.
 """
 
@@ -25,7 +25,7 @@ from pathlib import Path
 from lab import balancers, frr, netns, pgpool41, postgres, state
 from lab.balancers import Balancer, Follow, Wiring
 from lab.hosts import ALL_NETNS, ANYCAST6_PREFIX, BACKENDS, BALANCERS
-from lab.routing import Profile
+from lab.profiles import Profile
 from testbed import rootfs
 
 REPO = Path(__file__).resolve().parent.parent

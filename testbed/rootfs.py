@@ -49,7 +49,7 @@ PACKAGES = (
     "python3-prometheus-client",
     "prometheus-node-exporter",
     "frr",
-    "bird2",  # the lab's bal3 in the BGP profile (lab/routing.py)
+    "bird2",  # the lab's bal3 in the BGP profile (lab/profiles.py)
     "iputils-ping",
 )
 

@@ -7,7 +7,7 @@ and the .deb. Needs root. A lab that was already up (`python3 -m lab up`) is reu
 left up; one built here is torn down at the end of the session.
 
 Every test that takes `lab` or `standalone_lab` runs once per routing profile
-(lab/routing.py: OSPF + BFD, then eBGP + BFD over IPv4 and IPv6 with BIRD on bal3). The
+(lab/profiles.py: OSPF + BFD, then eBGP + BFD over IPv4 and IPv6 with BIRD on bal3). The
 profile is a session parameter and the items are sorted so that all OSPF runs come
 first: the lab switches its routing daemons once, in the same containers. A test that
 holds for one profile only takes `ospf_lab` or `bgp_lab` and says why.
@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))  # lab/ and testbed/ live at the top of the checko
 
 from lab import topology  # noqa: E402
 from lab.balancers import Wiring  # noqa: E402
-from lab.routing import Profile  # noqa: E402
+from lab.profiles import Profile  # noqa: E402
 from lab.topology import Lab  # noqa: E402
 
 PROFILES = (Profile.OSPF, Profile.BGP)

@@ -1,4 +1,4 @@
-"""End-to-end: the routing profiles themselves (lab/routing.py), at the router.
+"""End-to-end: the routing profiles themselves (lab/profiles.py), at the router.
 
 The hook and the guard are the same in both profiles; what differs is who carries their
 addresses to the router. In both, BFD must watch every balancer with the shipped
@@ -14,10 +14,10 @@ import time
 
 import pytest
 
-from lab import frr, routing
+from lab import frr, profiles
 from lab.hosts import ANYCAST6, ANYCAST6_PREFIX, BALANCERS
 from lab.measure import RouteWatch, connect_many
-from lab.routing import Profile
+from lab.profiles import Profile
 from lab.topology import Lab
 from tests.lab.conftest import Report
 from tests.lab.test_guard_lab import wait_until
@@ -86,7 +86,7 @@ def test_every_balancer_is_a_routing_neighbour_of_the_router(lab: Lab, report: R
             peer = summary["peers"][address]
             assert peer["remoteAs"] == bal.asn, (family, bal.name, peer)
             assert peer["pfxRcd"] == 1, (family, bal.name, peer)  # the anycast address only
-    for name in routing.BIRD_BALANCERS:
+    for name in profiles.BIRD_BALANCERS:
         bal = lab.balancers[name]
         protocols = bal.run(["birdc", "show", "protocols"]).stdout
         report(f"{name}_bird_protocols", protocols.strip().splitlines())

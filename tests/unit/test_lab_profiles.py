@@ -1,4 +1,4 @@
-"""The routing examples the lab loads (lab/routing.py): valid as shipped, rendered per host.
+"""The routing examples the lab loads (lab/profiles.py): valid as shipped, rendered per host.
 
 docs/examples/frr-ospf-bfd.conf, frr-bgp.conf and bird-bgp.conf are what users copy and
 what the lab runs. Each must parse with the real daemon's own checker (FRR's
@@ -15,15 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from lab import frr, routing
+from lab import frr, profiles
 from lab.hosts import ANYCAST6_PREFIX, ANYCAST_PREFIX, BALANCERS
-from lab.routing import Profile
+from lab.profiles import Profile
 
-EXAMPLES = (routing.FRR_OSPF_BFD, routing.FRR_BGP, routing.BIRD_BGP)
+EXAMPLES = (profiles.FRR_OSPF_BFD, profiles.FRR_BGP, profiles.BIRD_BGP)
 CHECK_TIMEOUT = 30
 
 
-def check_syntax(example: routing.Example, text: str, tmp_path: Path) -> None:
+def check_syntax(example: profiles.Example, text: str, tmp_path: Path) -> None:
     """The daemon's own configuration check; fails loudly when the tool is missing."""
     conf = tmp_path / example.name
     conf.write_text(text)
@@ -41,7 +41,7 @@ def check_syntax(example: routing.Example, text: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[e.name for e in EXAMPLES])
 def test_example_is_valid_as_shipped_and_for_every_balancer(
-    example: routing.Example, tmp_path: Path
+    example: profiles.Example, tmp_path: Path
 ) -> None:
     shipped = example.path.read_text()
     check_syntax(example, shipped, tmp_path)
@@ -67,7 +67,7 @@ def test_example_is_valid_as_shipped_and_for_every_balancer(
 
 @pytest.mark.parametrize("example", EXAMPLES[1:], ids=[e.name for e in EXAMPLES[1:]])
 def test_bgp_examples_announce_both_anycast_addresses_and_nothing_else(
-    example: routing.Example,
+    example: profiles.Example,
 ) -> None:
     text = example.path.read_text()
     assert ANYCAST_PREFIX in text and ANYCAST6_PREFIX in text
@@ -76,7 +76,7 @@ def test_bgp_examples_announce_both_anycast_addresses_and_nothing_else(
 
 def test_each_balancer_runs_the_planned_daemon_in_each_profile() -> None:
     chosen = {
-        (host.name, profile): routing.example_for(host, profile).name
+        (host.name, profile): profiles.example_for(host, profile).name
         for host in BALANCERS
         for profile in Profile
     }
