@@ -1,4 +1,4 @@
-"""python3 -m lab up | demo [--keep] | down | status"""
+"""python3 -m lab up [--profile ospf|bgp] | demo [--profile ospf|bgp] [--keep] | down | status"""
 
 from __future__ import annotations
 
@@ -7,6 +7,26 @@ import os
 import sys
 
 from lab import frr, state, topology
+from lab.hosts import ANYCAST6_PREFIX, ANYCAST_PREFIX
+from lab.profiles import Profile
+
+
+def add_profile(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--profile",
+        choices=[p.value for p in Profile],
+        default=Profile.OSPF.value,
+        help="routing: FRR OSPF + BFD (default), or eBGP + BFD, IPv4 and IPv6, with BIRD "
+        "on bal3; a running lab switches its routing daemons only",
+    )
+
+
+def routes_text() -> str:
+    """The router's routes to both anycast addresses (the IPv6 one: BGP profile only)."""
+    lines = []
+    for prefix in (ANYCAST_PREFIX, ANYCAST6_PREFIX):
+        lines.append(frr.route_text(prefix) or f"(no route to {prefix})")
+    return "\n".join(lines)
 
 
 def main() -> int:
@@ -15,8 +35,10 @@ def main() -> int:
         description="The article's anycast pgpool topology in network namespaces (root).",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("up", help="build the lab (or reuse the running one) and leave it up")
+    up = commands.add_parser("up", help="build the lab (or reuse the running one) and leave it up")
+    add_profile(up)
     demo = commands.add_parser("demo", help="bring the lab up, run the demo, tear down")
+    add_profile(demo)
     demo.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
     commands.add_parser("down", help="tear everything down, also after a failed run")
     commands.add_parser("status", help="show what runs and the router's route")
@@ -26,8 +48,8 @@ def main() -> int:
         return 2
 
     if args.command == "up":
-        topology.up()
-        print(frr.route_text())
+        topology.up(profile=Profile(args.profile))
+        print(routes_text())
         return 0
     if args.command == "down":
         topology.down()
@@ -37,13 +59,16 @@ def main() -> int:
         if lab is None:
             print("lab is not (completely) up; `python3 -m lab down` cleans any leftovers")
             return 1
-        print(f"lab up, wiring: {lab.wiring.value}, state: {state.STATE_FILE}")
-        print(frr.route_text())
+        print(
+            f"lab up, profile: {lab.profile.value}, wiring: {lab.wiring.value}, "
+            f"state: {state.STATE_FILE}"
+        )
+        print(routes_text())
         return 0
     from lab import demo as demo_module
 
     try:
-        lab = topology.up()
+        lab = topology.up(profile=Profile(args.profile))
         demo_module.run(lab)
     finally:
         if args.keep:

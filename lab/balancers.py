@@ -1,5 +1,6 @@
 """The three balancers: systemd-nspawn containers (real systemd) joined to lab namespaces,
-each running FRR (ospfd), Debian's pgpool2 and the anycast hook installed from the .deb.
+each running a routing daemon (FRR, or BIRD on bal3 in the BGP profile: lab/profiles.py),
+Debian's pgpool2 and the anycast hook installed from the .deb.
 
 `Wiring` decides which program pgpool and the unit call: the packaged hook in its guarded
 wiring (pgpool without capabilities, pgpool-anycast-hook-guard.service owning the address;
@@ -34,10 +35,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab import frr, measure, netns, state
+from lab import frr, measure, netns, profiles, state
 from lab.hosts import (
     ANYCAST,
+    ANYCAST6_PREFIX,
     ANYCAST_PREFIX,
+    ANYCAST_PREFIXES,
     BACKENDS,
     PGPOOL_PORT,
     POSTGRES_PORT,
@@ -176,8 +179,11 @@ class Balancer:
 
     # -- setup -----------------------------------------------------------------
 
-    def configure(self, deb: Path, wiring: Wiring, pgpool_debs: list[Path]) -> None:
-        """FRR, pgpool and the hook inside a freshly booted container; pgpool started.
+    def configure(
+        self, deb: Path, wiring: Wiring, pgpool_debs: list[Path], profile: profiles.Profile
+    ) -> None:
+        """The profile's routing daemon, pgpool and the hook inside a freshly booted
+        container; pgpool started.
         On a balancer of PGPOOL_41, `pgpool_debs` (pgpool 4.1) replace the root's pgpool
         first; the version pgpool reports is checked and recorded in the lab's state."""
         box = self.box
@@ -194,20 +200,24 @@ class Balancer:
                     record.pgpool = self.pgpool_version
         # pgpool2.service Wants= postgresql.service; no local PostgreSQL belongs here.
         box.run(["systemctl", "mask", "--now", "postgresql.service"])
-        box.run(["sed", "-i", "s/^ospfd=no/ospfd=yes/", "/etc/frr/daemons"])
-        box.write_file("/etc/frr/frr.conf", frr.balancer_config(self.host), 0o640)
-        box.run(["chown", "frr:frr", "/etc/frr/frr.conf"])
-        box.run(["systemctl", "start", "frr"])
+        self.set_profile(profile)
         box.write_file("/etc/pgpool2/pcp.conf", f"{PCP_USER}:{md5_hex(PCP_PASSWORD)}\n", 0o640)
         box.run(["chown", "root:postgres", "/etc/pgpool2/pcp.conf"])
         box.write_file("/root/.pcppass", f"*:9898:{PCP_USER}:{PCP_PASSWORD}\n", 0o600)
         box.copy_in(deb, "/tmp/" + deb.name, 0o644)
         box.run(["dpkg", "-i", "/tmp/" + deb.name], timeout=120)
+        # Both anycast addresses in every profile: the hook's configuration never
+        # depends on the routing daemon (the OSPF profile announces the /32 only).
+        addresses = ", ".join(f'"{prefix}"' for prefix in ANYCAST_PREFIXES)
         box.write_file(
-            "/etc/pgpool-anycast-hook/conf.d/50-lab.toml", f'addresses = ["{ANYCAST_PREFIX}"]\n'
+            "/etc/pgpool-anycast-hook/conf.d/50-lab.toml", f"addresses = [{addresses}]\n"
         )
         box.copy_in(REFERENCE_SCRIPT, MANAGE_SH, 0o755)
         self.rewire(wiring, start=True)
+
+    def set_profile(self, profile: profiles.Profile) -> None:
+        """The routing daemon and configuration of `profile` (lab/profiles.py)."""
+        profiles.configure_balancer(self.box, self.host, profile)
 
     def install_debs(self, debs: list[Path]) -> None:
         """dpkg -i over the root's pgpool (a downgrade, in the container's overlay only).
@@ -249,7 +259,8 @@ class Balancer:
         if wiring is Wiring.GUARD:
             box.run([HOOK, "check-config"])  # root refreshes the configuration cache
         # Every wiring removes the address when pgpool stops; make sure nothing is left.
-        box.run(["ip", "addr", "del", ANYCAST_PREFIX, "dev", "lo"], check=False)
+        for prefix in ANYCAST_PREFIXES:
+            box.run(["ip", "addr", "del", prefix, "dev", "lo"], check=False)
         if start:
             self.start_pgpool()
 
@@ -436,6 +447,9 @@ class Balancer:
 
     def has_anycast(self) -> bool:
         return ANYCAST_PREFIX in self.box.addresses("lo")
+
+    def has_anycast6(self) -> bool:
+        return ANYCAST6_PREFIX in self.box.addresses("lo")
 
     def write_status_file(self, text: str) -> None:
         self.box.write_file(STATUS_FILE, text, 0o644)

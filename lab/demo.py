@@ -1,5 +1,6 @@
 """`python3 -m lab demo`: the article's topology, its ECMP spread, a pgpool crash and its
-recovery, told step by step with the router's route table before and after."""
+recovery, told step by step with the router's route table before and after. In the BGP
+profile the same for the IPv6 anycast address beside the IPv4 one."""
 
 from __future__ import annotations
 
@@ -8,7 +9,17 @@ from collections import Counter
 
 from lab import frr, netns, postgres
 from lab.balancers import Balancer, Wiring
-from lab.hosts import ANYCAST, BALANCERS, CLIENT, PGPOOL_PORT, backend_by_ip, balancer_by_ip
+from lab.hosts import (
+    ANYCAST,
+    ANYCAST6,
+    ANYCAST6_PREFIX,
+    ANYCAST_PREFIX,
+    BALANCERS,
+    CLIENT,
+    PGPOOL_PORT,
+    backend_by_ip,
+    balancer_by_ip,
+)
 from lab.measure import RouteWatch
 from lab.topology import Lab
 
@@ -25,11 +36,11 @@ def show(text: str) -> None:
         print(f"   {line}")
 
 
-def psql_who(timeout: int = 3) -> tuple[str, str] | str:
-    """One new psql connection from the client to the anycast address: who answered."""
+def psql_who(target: str = ANYCAST, timeout: int = 3) -> tuple[str, str] | str:
+    """One new psql connection from the client to an anycast address: who answered."""
     argv = [
         "env", f"PGCONNECT_TIMEOUT={timeout}", str(postgres.PG_BIN / "psql"),
-        "-X", "-A", "-t", "-F", " ", "-h", ANYCAST, "-p", str(PGPOOL_PORT),
+        "-X", "-A", "-t", "-F", " ", "-h", target, "-p", str(PGPOOL_PORT),
         "-U", "postgres", "-c", WHO_ANSWERED,
     ]  # fmt: skip
     proc = netns.ns_run(CLIENT.netns, argv, check=False, timeout=timeout + 10)
@@ -39,12 +50,12 @@ def psql_who(timeout: int = 3) -> tuple[str, str] | str:
     return balancer_by_ip(client_addr), backend_by_ip(server_addr)
 
 
-def spread(count: int) -> Counter[str]:
+def spread(count: int, target: str = ANYCAST) -> Counter[str]:
     """`count` connections, one table row each; returns how many each balancer served."""
     print(f"   {'#':>3}  {'balancer (inet_client_addr)':<28} backend (inet_server_addr)")
     per_balancer: Counter[str] = Counter()
     for index in range(1, count + 1):
-        answer = psql_who()
+        answer = psql_who(target)
         if isinstance(answer, str):
             print(f"   {index:>3}  FAILED: {answer}")
             per_balancer["failed"] += 1
@@ -71,14 +82,31 @@ def settled_state(bal: Balancer, timeout: float = 30.0) -> str:
     return state
 
 
+def show_routes(lab: Lab) -> None:
+    show(f"$ ip route show {ANYCAST_PREFIX}")
+    show(frr.route_text())
+    if lab.profile.announces_ipv6:
+        show(f"$ ip -6 route show {ANYCAST6_PREFIX}")
+        show(frr.route_text(ANYCAST6_PREFIX))
+
+
 def run(lab: Lab) -> None:
     victim = lab.balancers["bal1"]
+    how = {
+        "ospf": "OSPF (FRR, BFD on every adjacency)",
+        "bgp": "eBGP over IPv4 and IPv6 (FRR on bal1 and bal2, BIRD 2 on bal3; BFD on "
+        "every session)",
+    }[lab.profile.value]
+    step(f"Routing profile {lab.profile.value}: the balancers announce through {how}")
     step("The router's route to the anycast address: one next hop per balancer (ECMP)")
-    show(f"$ ip route show {ANYCAST}/32      # in the router's namespace")
-    show(frr.route_text())
+    show("(in the router's namespace)")
+    show_routes(lab)
 
     step(f"{CONNECTIONS} separate connections from the client to {ANYCAST}:{PGPOOL_PORT}")
     spread(CONNECTIONS)
+    if lab.profile.announces_ipv6:
+        step(f"{CONNECTIONS} more over IPv6, to [{ANYCAST6}]:{PGPOOL_PORT}")
+        spread(CONNECTIONS, ANYCAST6)
 
     step(f"Crash: kill -9 of the pgpool main process on {victim.name}")
     cursor = victim.journal_cursor()
@@ -101,8 +129,7 @@ def run(lab: Lab) -> None:
     else:
         show("systemd ran the drop-in's ExecStopPost; what the unit logged:")
     show("\n".join(victim.hook_lines(cursor)))
-    show(f"$ ip route show {ANYCAST}/32")
-    show(frr.route_text())
+    show_routes(lab)
 
     step("New connections keep working through the two other balancers")
     spread(10)
@@ -126,8 +153,7 @@ def run(lab: Lab) -> None:
         "after `systemctl start` began"
     )
     show("\n".join(victim.hook_lines(cursor)))
-    show(f"$ ip route show {ANYCAST}/32")
-    show(frr.route_text())
+    show_routes(lab)
 
     step(f"{CONNECTIONS} connections again")
     spread(CONNECTIONS)

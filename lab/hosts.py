@@ -10,6 +10,15 @@ CLIENT_NET = "198.18.3.0/24"  # a point-to-point link between router and client
 LAB_NET = "198.18.0.0/16"  # everything above; trusted by PostgreSQL
 ANYCAST = "198.18.2.0"
 ANYCAST_PREFIX = f"{ANYCAST}/32"
+# IPv6, from the benchmarking range 2001:2::/48 (RFC 5180), as 198.18.0.0/15 (RFC 2544)
+# is for IPv4: the same third group as the IPv4 network's third octet. The anycast
+# address is ::1 of its /64, not ::0 (RFC 4291's subnet-router anycast address).
+OSPF_NET6 = "2001:2:0:1::/64"  # bridge br1, in both profiles (BGP's IPv6 sessions)
+CLIENT_NET6 = "2001:2:0:3::/64"
+LAB_NET6 = "2001:2::/48"
+ANYCAST6 = "2001:2:0:2::1"
+ANYCAST6_PREFIX = f"{ANYCAST6}/128"
+ANYCAST_PREFIXES = (ANYCAST_PREFIX, ANYCAST6_PREFIX)  # the hook's `addresses` in the lab
 PGPOOL_PORT = 9999
 POSTGRES_PORT = 5432
 
@@ -39,8 +48,18 @@ class Host:
         return f"198.18.1.{self.octet}"
 
     @property
+    def ospf_ip6(self) -> str:
+        """Its IPv6 address on br1 (the routing network, in either profile)."""
+        return f"2001:2:0:1::{self.octet}"
+
+    @property
     def loopback_ip(self) -> str:
         return f"198.18.2.{self.octet}"
+
+    @property
+    def asn(self) -> int:
+        """Its private ASN in the BGP profile: 64500 + the last octet (bal1 64594)."""
+        return 64500 + self.octet
 
 
 ROUTER = Host("router", 90, on_ospf=True)
@@ -53,6 +72,8 @@ BALANCERS = (
 CLIENT = Host("client", 2, on_base=False)
 ROUTER_CLIENT_IP = "198.18.3.1"
 CLIENT_IP = "198.18.3.2"
+ROUTER_CLIENT_IP6 = "2001:2:0:3::1"
+CLIENT_IP6 = "2001:2:0:3::2"
 
 PRIMARY = BACKENDS[0]
 ALL_HOSTS = (ROUTER, *BACKENDS, *BALANCERS, CLIENT)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab import netns
-from lab.hosts import CLIENT, ROUTER
+from lab.hosts import ANYCAST, CLIENT, ROUTER
 
 REPO = Path(__file__).resolve().parent.parent
 # Debian's interpreter: it has python3-pyroute2, whatever `python3` is first in PATH.
@@ -29,15 +29,20 @@ def lab_module(netns_name: str, module: str, *args: str) -> list[str]:
 
 
 class RouteWatch:
-    """The router's next hops for the anycast /32, polled every 5 ms in its namespace."""
+    """The router's next hops for an anycast address (the IPv4 /32 unless told), polled
+    every 5 ms in its namespace."""
 
-    def __init__(self, duration: float = 60.0, interval: float = 0.005) -> None:
+    def __init__(
+        self, duration: float = 60.0, interval: float = 0.005, address: str = ANYCAST
+    ) -> None:
         self.changes: list[tuple[float, list[str]]] = []
         self._cond = threading.Condition()
         self._proc = subprocess.Popen(
             lab_module(
                 ROUTER.netns,
                 "lab.route_watch",
+                "--address",
+                address,
                 "--duration",
                 str(duration),
                 "--interval",
@@ -131,14 +136,19 @@ class LoadResult:
 
 
 class Load:
-    """Connection-per-query load from the client namespace at a fixed rate (bounded)."""
+    """Connection-per-query load from the client namespace at a fixed rate (bounded), to
+    an anycast address (the IPv4 one unless told)."""
 
-    def __init__(self, rate: float, duration: float, timeout: float = 2.0) -> None:
+    def __init__(
+        self, rate: float, duration: float, timeout: float = 2.0, target: str = ANYCAST
+    ) -> None:
         self.duration = duration
         self._proc = subprocess.Popen(
             lab_module(
                 CLIENT.netns,
                 "lab.load",
+                "--target",
+                target,
                 "--rate",
                 str(rate),
                 "--duration",
@@ -165,9 +175,9 @@ class Load:
         return LoadResult([Attempt(*a) for a in raw["attempts"]])
 
 
-def connect_many(count: int) -> LoadResult:
+def connect_many(count: int, target: str = ANYCAST) -> LoadResult:
     """`count` separate connections one after another (no rate), who answered each."""
-    load = Load(rate=200.0, duration=count / 200.0)
+    load = Load(rate=200.0, duration=count / 200.0, target=target)
     return load.result()
 
 

@@ -11,8 +11,11 @@ from lab.hosts import (
     ALL_NETNS,
     CLIENT,
     CLIENT_IP,
+    CLIENT_IP6,
+    LAB_NET6,
     ROUTER,
     ROUTER_CLIENT_IP,
+    ROUTER_CLIENT_IP6,
     SWITCH_NS,
     Host,
 )
@@ -69,7 +72,7 @@ def create_all() -> None:
         if host.on_base:
             plug(host, "eth0", "br0", host.base_ip)
         if host.on_ospf:
-            plug(host, "eth1", "br1", host.ospf_ip)
+            plug(host, "eth1", "br1", host.ospf_ip, host.ospf_ip6)
         if host is not CLIENT:
             ns_run(host.netns, ["ip", "addr", "add", f"{host.loopback_ip}/32", "dev", "lo"])
         # Replies from the anycast address may leave by another interface than the
@@ -81,12 +84,15 @@ def create_all() -> None:
         ("net.ipv4.ip_forward", "1"),
         ("net.ipv4.fib_multipath_hash_policy", "1"),  # L4 hash: flows spread by port
         ("net.ipv4.fib_multipath_use_neigh", "1"),
+        ("net.ipv6.conf.all.forwarding", "1"),
+        ("net.ipv6.fib_multipath_hash_policy", "1"),  # the same L4 hash for IPv6
     ):
         sysctl(ROUTER.netns, key, value)
 
 
-def plug(host: Host, ifname: str, bridge: str, address: str) -> None:
-    """One veth: `ifname` in the host's namespace, its peer enslaved to `bridge`."""
+def plug(host: Host, ifname: str, bridge: str, address: str, address6: str = "") -> None:
+    """One veth: `ifname` in the host's namespace, its peer enslaved to `bridge`; an
+    IPv6 address too if given (nodad: usable at once, and the plan has no duplicates)."""
     peer = f"{host.name}-{ifname[-1]}"
     run(
         [
@@ -107,11 +113,14 @@ def plug(host: Host, ifname: str, bridge: str, address: str) -> None:
     )
     ns_run(SWITCH_NS, ["ip", "link", "set", peer, "master", bridge, "up"])
     ns_run(host.netns, ["ip", "addr", "add", f"{address}/24", "dev", ifname])
+    if address6:
+        ns_run(host.netns, ["ip", "addr", "add", f"{address6}/64", "dev", ifname, "nodad"])
     ns_run(host.netns, ["ip", "link", "set", ifname, "up"])
 
 
 def link_client() -> None:
-    """The client hangs off the router by its own link, with a route to the lab only."""
+    """The client hangs off the router by its own link, with a route to the lab only
+    (IPv4 and IPv6)."""
     run(
         [
             "ip",
@@ -134,6 +143,9 @@ def link_client() -> None:
     ns_run(CLIENT.netns, ["ip", "addr", "add", f"{CLIENT_IP}/24", "dev", "eth0"])
     ns_run(CLIENT.netns, ["ip", "link", "set", "eth0", "up"])
     ns_run(CLIENT.netns, ["ip", "route", "add", "198.18.0.0/22", "via", ROUTER_CLIENT_IP])
+    ns_run(ROUTER.netns, ["ip", "addr", "add", f"{ROUTER_CLIENT_IP6}/64", "dev", "eth2", "nodad"])
+    ns_run(CLIENT.netns, ["ip", "addr", "add", f"{CLIENT_IP6}/64", "dev", "eth0", "nodad"])
+    ns_run(CLIENT.netns, ["ip", "-6", "route", "add", LAB_NET6, "via", ROUTER_CLIENT_IP6])
 
 
 def sysctl(netns: str, key: str, value: str) -> None:

@@ -1,4 +1,5 @@
-"""Poll the router's route to the anycast address and print every change of its next hops.
+"""Poll the router's route to an anycast address (IPv4 /32 or IPv6 /128) and print every
+change of its next hops.
 
 Runs inside the router's namespace (`ip netns exec lab-router /usr/bin/python3 -m
 lab.route_watch`), one JSON line per change: {"t": CLOCK_MONOTONIC seconds, "hops": [...]}.
@@ -9,7 +10,9 @@ time.monotonic(). Bounded by --duration; the first line is the state at start.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
+import socket
 import sys
 import time
 
@@ -19,17 +22,23 @@ MAX_DURATION = 300.0
 
 
 def anycast_hops(ipr: IPRoute, address: str) -> list[str]:
+    """The next hops of the host route to `address` (its family's full-length prefix)."""
+    parsed = ipaddress.ip_address(address)
+    family = socket.AF_INET6 if parsed.version == 6 else socket.AF_INET
     hops: list[str] = []
-    for route in ipr.route("dump", family=2):
+    for route in ipr.route("dump", family=family):
         if route.get_attr("RTA_TABLE") != 254:  # the main table: zebra's (lab.resilient's
             continue  # copy of the route in its own table is not a second set of hops)
-        if route.get_attr("RTA_DST") != address or route["dst_len"] != 32:
+        dst = route.get_attr("RTA_DST")
+        if dst is None or ipaddress.ip_address(dst) != parsed:
+            continue
+        if route["dst_len"] != parsed.max_prefixlen:
             continue
         if route.get_attr("RTA_GATEWAY"):
-            hops.append(route.get_attr("RTA_GATEWAY"))
+            hops.append(str(ipaddress.ip_address(route.get_attr("RTA_GATEWAY"))))
         for path in route.get_attr("RTA_MULTIPATH") or []:
             if path.get_attr("RTA_GATEWAY"):
-                hops.append(path.get_attr("RTA_GATEWAY"))
+                hops.append(str(ipaddress.ip_address(path.get_attr("RTA_GATEWAY"))))
     return sorted(hops)
 
 

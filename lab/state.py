@@ -46,6 +46,9 @@ class LabState:
     processes: list[ProcessRecord] = field(default_factory=list)
     containers: list[ContainerRecord] = field(default_factory=list)
     wiring: str = "guard"
+    # "ospf" or "bgp" (lab/profiles.py); "" in a state written before the profiles, whose
+    # lab has no IPv6 and is not reused.
+    profile: str = ""
     ready: bool = False
 
 
@@ -63,6 +66,7 @@ def load() -> LabState:
             for c in raw.get("containers", [])
         ],
         wiring=str(raw.get("wiring", "guard")),
+        profile=str(raw.get("profile", "")),
         ready=bool(raw.get("ready", False)),
     )
 

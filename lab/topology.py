@@ -2,7 +2,9 @@
 
 Order of `up`: the hook's .deb and bal3's pgpool 4.1 .debs (lab/pgpool41.py), namespaces and
 links, the router's FRR, PostgreSQL, then the three balancer containers in parallel; ready
-when the router has one next hop per balancer.
+when the router has one next hop per balancer (for the IPv6 anycast address too in the BGP
+profile). A running lab in the other routing profile (lab/profiles.py) is reused: only the
+routing daemons are reconfigured and restarted.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from pathlib import Path
 
 from lab import balancers, frr, netns, pgpool41, postgres, state
 from lab.balancers import Balancer, Follow, Wiring
-from lab.hosts import ALL_NETNS, BACKENDS, BALANCERS
+from lab.hosts import ALL_NETNS, ANYCAST6_PREFIX, BACKENDS, BALANCERS
+from lab.profiles import Profile
 from testbed import rootfs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,12 +43,25 @@ def say(message: str) -> None:
 class Lab:
     """Handles to a running lab: the balancers by name, plus shortcuts used by tests."""
 
-    def __init__(self, balancer_list: list[Balancer], wiring: Wiring) -> None:
+    def __init__(self, balancer_list: list[Balancer], wiring: Wiring, profile: Profile) -> None:
         self.balancers = {b.name: b for b in balancer_list}
         self.wiring = wiring
+        self.profile = profile
 
     def all_next_hops(self) -> set[str]:
         return {b.host.ospf_ip for b in self.balancers.values()}
+
+    def all_next_hops6(self) -> set[str]:
+        """The router's next hops for the IPv6 anycast /128 when all balancers announce:
+        their IPv6 addresses on br1 in the BGP profile, none in the OSPF profile."""
+        if not self.profile.announces_ipv6:
+            return set()
+        return {b.host.ospf_ip6 for b in self.balancers.values()}
+
+    def converge(self, timeout: float = CONVERGE_TIMEOUT) -> None:
+        """Wait until the router has every balancer for both anycast addresses."""
+        frr.wait_next_hops(self.all_next_hops(), timeout)
+        frr.wait_next_hops(self.all_next_hops6(), timeout, ANYCAST6_PREFIX)
 
     def is_nominal(self) -> bool:
         """Every backend runs in its starting role, every pgpool runs with the lab's own
@@ -57,6 +73,8 @@ class Lab:
         if any(
             not is_healthy(b) or not b.has_lab_config(self.wiring) for b in self.balancers.values()
         ):
+            return False
+        if set(frr.next_hops(ANYCAST6_PREFIX)) != self.all_next_hops6():
             return False
         return set(frr.next_hops()) == self.all_next_hops()
 
@@ -80,7 +98,7 @@ class Lab:
         postgres.wait_streaming(len(BACKENDS) - 1, 30.0)
         run_parallel([partial(b.use_lab_config, self.wiring) for b in stale])
         run_parallel([b.reset_pgpool for b in stale])
-        frr.wait_next_hops(self.all_next_hops(), CONVERGE_TIMEOUT)
+        self.converge()
 
     def set_follow(self, follow: Follow, search_primary_node_timeout: int) -> None:
         """pgpool.conf's follow command and search_primary_node_timeout on every
@@ -103,7 +121,20 @@ class Lab:
         self.wiring = wiring
         with state.updating() as current:
             current.wiring = wiring.value
-        frr.wait_next_hops(self.all_next_hops(), CONVERGE_TIMEOUT)
+        self.converge()
+
+    def set_profile(self, profile: Profile) -> None:
+        """Switch the routing daemons of the router and every balancer to `profile`, in
+        the running containers (pgpool and the guard go on), then converge."""
+        say(f"switching the routing profile from {self.profile.value} to {profile.value}")
+        started = time.monotonic()
+        frr.switch_router(profile)
+        run_parallel([partial(b.set_profile, profile) for b in self.balancers.values()])
+        self.profile = profile
+        with state.updating() as current:
+            current.profile = profile.value
+        self.converge()
+        say(f"routing profile {profile.value} converged in {time.monotonic() - started:.1f}s")
 
 
 def is_healthy(bal: Balancer) -> bool:
@@ -115,13 +146,15 @@ def is_healthy(bal: Balancer) -> bool:
     return bal.answers()
 
 
-def up(wiring: Wiring = Wiring.GUARD) -> Lab:
+def up(wiring: Wiring = Wiring.GUARD, profile: Profile = Profile.OSPF) -> Lab:
     """Build the lab, or reuse the running one if every part is still alive."""
     started = time.monotonic()
     reused = attach_running()
     if reused is not None:
         say("lab already up; reusing it")
         try:
+            if reused.profile is not profile:
+                reused.set_profile(profile)
             if reused.wiring is not wiring:
                 reused.rewire(wiring)
             elif not reused.is_nominal():
@@ -136,11 +169,11 @@ def up(wiring: Wiring = Wiring.GUARD) -> Lab:
     root = rootfs.ensure_root(SUITE)
     state.LAB_DIR.mkdir(parents=True, exist_ok=True)
     state.LAB_DIR.chmod(0o755)
-    state.save(state.LabState(wiring=wiring.value))
+    state.save(state.LabState(wiring=wiring.value, profile=profile.value))
     say("namespaces, bridges and links")
     netns.create_all()
-    say("router: zebra and ospfd")
-    frr.start_router()
+    say(f"router: zebra, bfdd and {frr.ROUTING_DAEMON[profile]} (profile {profile.value})")
+    frr.start_router(profile)
     say("PostgreSQL: primary pg1, replicas pg2 and pg3")
     postgres.setup_all()
     say("balancers: booting three systemd containers")
@@ -150,12 +183,12 @@ def up(wiring: Wiring = Wiring.GUARD) -> Lab:
         host = BALANCERS[host_index]
         bal = balancers.boot(host, root)
         booted[host.name] = bal
-        bal.configure(deb, wiring, pgpool_debs)
+        bal.configure(deb, wiring, pgpool_debs, profile)
 
     run_parallel([partial(bring_up, i) for i in range(len(BALANCERS))])
-    lab = Lab([booted[b.name] for b in BALANCERS], wiring)
+    lab = Lab([booted[b.name] for b in BALANCERS], wiring, profile)
     say("waiting for the router to learn the anycast route from all three")
-    frr.wait_next_hops(lab.all_next_hops(), CONVERGE_TIMEOUT)
+    lab.converge()
     with state.updating() as current:
         current.ready = True
     say(f"lab up in {time.monotonic() - started:.1f}s")
@@ -167,6 +200,8 @@ def attach_running() -> Lab | None:
     current = state.load()
     if not current.ready or len(current.containers) != len(BALANCERS):
         return None
+    if current.profile not in {p.value for p in Profile}:
+        return None  # built before the routing profiles (no IPv6 plan): rebuild
     if not all(state.is_alive(p) for p in current.processes):
         return None
     if not all(state.is_alive(c.nspawn) for c in current.containers):
@@ -178,7 +213,7 @@ def attach_running() -> Lab | None:
     root = rootfs.ensure_root(SUITE)
     records = {c.name: c for c in current.containers}
     found = [balancers.attach(h, root, records[h.netns]) for h in BALANCERS]
-    return Lab(found, Wiring(current.wiring))
+    return Lab(found, Wiring(current.wiring), Profile(current.profile))
 
 
 def down(quiet: bool = False) -> None:

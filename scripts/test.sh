@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=/opt/pgpool-anycast-hook-dev/bin
 bash scripts/setup-dev.sh
-"$venv/ruff" check pgpool_anycast_hook tests testbed lab bench/hook_latency bench/failover bench/drain_orders bench/guard_cost
+"$venv/ruff" check pgpool_anycast_hook tests testbed lab bench/hook_latency bench/failover bench/drain_orders bench/guard_cost bench/host_failure
 "$venv/ruff" format --check pgpool_anycast_hook tests testbed lab
 "$venv/mypy" pgpool_anycast_hook testbed lab
 bash packaging/build-deb.sh

@@ -15,9 +15,9 @@ echo "pah-$suite" > "$target/etc/hostname"
 printf '127.0.0.1\tlocalhost\n127.0.1.1\tpah-%s\n::1\tlocalhost ip6-localhost ip6-loopback\n' \
     "$suite" > "$target/etc/hosts"
 
-# The tests decide when pgpool, PostgreSQL and FRR run; apt's timers would only
+# The tests decide when pgpool, PostgreSQL, FRR and BIRD run; apt's timers would only
 # fail without a network.
-for unit in pgpool2.service postgresql.service frr.service apt-daily.timer apt-daily-upgrade.timer; do
+for unit in pgpool2.service postgresql.service frr.service bird.service apt-daily.timer apt-daily-upgrade.timer; do
     if [ -e "$target/lib/systemd/system/$unit" ] || [ -e "$target/usr/lib/systemd/system/$unit" ]; then
         chroot "$target" systemctl disable --quiet "$unit"
     fi

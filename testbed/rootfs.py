@@ -1,7 +1,7 @@
 """Debian roots for systemd-nspawn containers, built once and cached by content hash.
 
 `ensure_root(suite)` returns a directory holding a Debian root (debootstrap minbase plus
-systemd, pgpool2, PostgreSQL, FRR and the hook's Python dependencies). Building takes
+systemd, pgpool2, PostgreSQL, FRR, BIRD 2 and the hook's Python dependencies). Building takes
 minutes, so the result is kept twice:
 
 - a zstd tarball under /var/cache/pgpool-anycast-hook/roots/<suite>-<hash>.tar.zst,
@@ -49,6 +49,7 @@ PACKAGES = (
     "python3-prometheus-client",
     "prometheus-node-exporter",
     "frr",
+    "bird2",  # the lab's bal3 in the BGP profile (lab/profiles.py)
     "iputils-ping",
 )
 

@@ -17,6 +17,12 @@ which node is the primary); a version without them refuses the test's conf.d fil
 `check-config`, before the lab is touched. The others hold with the fixed
 `primary_node_id = 0`. Every test leaves the lab to restore(), which rebuilds the
 starting roles after a promotion.
+
+These tests run in the OSPF routing profile only (`ospf_lab`), not in both: what they
+check is pgpool's and the guard's reaction to a promotion, which the routing daemon only
+carries to the router as a withdrawal and an announcement of all three balancers at once;
+the BGP profile's runs of test_topology and test_guard_lab check those, and a second
+round here (about 140 s) would break the CI's time budget.
 """
 
 from __future__ import annotations
@@ -59,9 +65,11 @@ Changes = list[tuple[float, list[str]]]
 
 
 @pytest.fixture
-def promotion_lab(lab: Lab, report: Report) -> Iterator[Lab]:
-    """The nominal lab; afterwards, whatever happened, restore() gives back pg1 as
-    primary, pg2 and pg3 as its standbys, the lab's pgpool.conf and hook settings."""
+def promotion_lab(ospf_lab: Lab, report: Report) -> Iterator[Lab]:
+    """The nominal lab (OSPF profile: see above); afterwards, whatever happened, restore()
+    gives back pg1 as primary, pg2 and pg3 as its standbys, the lab's pgpool.conf and
+    hook settings."""
+    lab = ospf_lab
     postgres.ensure_guard_role()  # a lab built before the role existed
     try:
         yield lab
