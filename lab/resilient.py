@@ -34,8 +34,8 @@ from pyroute2 import IPRoute
 
 from lab import netns
 from lab.hosts import ANYCAST, ROUTER
+from lab.route_watch import anycast_paths
 
-MAIN_TABLE = 254  # zebra's routes
 TABLE = "4242"  # the mirror's own routing table
 RULE_PRIORITY = "4242"  # before the main table's rule (32766)
 # Nexthop ids well above the small ones zebra allocates, new for each run: zebra learns
@@ -50,27 +50,11 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 REPO = Path(__file__).resolve().parent.parent
 
 
-def anycast_paths(ipr: IPRoute, address: str) -> list[tuple[str, int]]:
-    """(gateway, interface index) of each next hop of the main table's route to address/32."""
-    paths: list[tuple[str, int]] = []
-    for route in ipr.route("dump", family=2):
-        if route.get_attr("RTA_TABLE") != MAIN_TABLE:
-            continue
-        if route.get_attr("RTA_DST") != address or route["dst_len"] != 32:
-            continue
-        if route.get_attr("RTA_GATEWAY"):
-            paths.append((route.get_attr("RTA_GATEWAY"), route.get_attr("RTA_OIF")))
-        for path in route.get_attr("RTA_MULTIPATH") or []:
-            if path.get_attr("RTA_GATEWAY"):
-                paths.append((path.get_attr("RTA_GATEWAY"), path["oif"]))
-    return sorted(paths)
-
-
 def ip(*argv: str) -> None:
     subprocess.run(["ip", *argv], check=True, timeout=10, stdin=subprocess.DEVNULL)
 
 
-def apply(paths: list[tuple[str, int]], ids: dict[str, int]) -> None:
+def apply(ipr: IPRoute, paths: list[tuple[str, int]], ids: dict[str, int]) -> None:
     """Make the mirror's route use exactly `paths` (gateway, interface index)."""
     if not paths:
         subprocess.run(
@@ -81,8 +65,7 @@ def apply(paths: list[tuple[str, int]], ids: dict[str, int]) -> None:
     for gateway, oif in paths:
         if gateway not in ids:
             ids[gateway] = HOP_ID_BASE + len(ids)
-            with IPRoute() as ipr:
-                dev = ipr.get_links(oif)[0].get_attr("IFLA_IFNAME")
+            dev = ipr.get_links(oif)[0].get_attr("IFLA_IFNAME")
             ip("nexthop", "replace", "id", str(ids[gateway]), "via", gateway, "dev", dev)
     members = "/".join(str(ids[g]) for g, _ in paths)
     ip("nexthop", "replace", "id", str(GROUP_ID), "group", members, "type", "resilient",
@@ -119,7 +102,7 @@ def main() -> None:
             while not stop.is_set() and time.monotonic() < deadline:
                 paths = anycast_paths(ipr, ANYCAST)
                 if paths != last:
-                    apply(paths, ids)
+                    apply(ipr, paths, ids)
                     print(json.dumps({"t": time.monotonic(), "hops": [g for g, _ in paths]}),
                           flush=True)  # fmt: skip
                     last = paths

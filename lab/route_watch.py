@@ -19,27 +19,36 @@ import time
 from pyroute2 import IPRoute
 
 MAX_DURATION = 300.0
+MAIN_TABLE = 254
 
 
-def anycast_hops(ipr: IPRoute, address: str) -> list[str]:
-    """The next hops of the host route to `address` (its family's full-length prefix)."""
+def anycast_paths(ipr: IPRoute, address: str) -> list[tuple[str, int]]:
+    """(gateway, interface index) of each next hop of the main table's host route to
+    `address` (its family's full-length prefix)."""
     parsed = ipaddress.ip_address(address)
     family = socket.AF_INET6 if parsed.version == 6 else socket.AF_INET
-    hops: list[str] = []
+    paths: list[tuple[str, int]] = []
     for route in ipr.route("dump", family=family):
-        if route.get_attr("RTA_TABLE") != 254:  # the main table: zebra's (lab.resilient's
-            continue  # copy of the route in its own table is not a second set of hops)
+        if route.get_attr("RTA_TABLE") != MAIN_TABLE:  # zebra's (lab.resilient's copy of
+            continue  # the route in its own table is not a second set of hops)
         dst = route.get_attr("RTA_DST")
         if dst is None or ipaddress.ip_address(dst) != parsed:
             continue
         if route["dst_len"] != parsed.max_prefixlen:
             continue
         if route.get_attr("RTA_GATEWAY"):
-            hops.append(str(ipaddress.ip_address(route.get_attr("RTA_GATEWAY"))))
+            paths.append((str(ipaddress.ip_address(route.get_attr("RTA_GATEWAY"))),
+                          route.get_attr("RTA_OIF")))  # fmt: skip
         for path in route.get_attr("RTA_MULTIPATH") or []:
             if path.get_attr("RTA_GATEWAY"):
-                hops.append(str(ipaddress.ip_address(path.get_attr("RTA_GATEWAY"))))
-    return sorted(hops)
+                paths.append((str(ipaddress.ip_address(path.get_attr("RTA_GATEWAY"))),
+                              path["oif"]))  # fmt: skip
+    return sorted(paths)
+
+
+def anycast_hops(ipr: IPRoute, address: str) -> list[str]:
+    """The gateways of anycast_paths."""
+    return [gateway for gateway, _ in anycast_paths(ipr, address)]
 
 
 def main() -> None:
