@@ -126,11 +126,7 @@ def drain(config: Config, node: int | None, dry_run: bool, log: RunLog) -> int:
         if dry_run:
             log.set(result="dry-run")
         return 0
-    if dry_run:
-        log.set(result="dry-run", would_wait=f"{config.drain_seconds:g}+{config.drain_timeout:g}s",
-                clients=sum(client_connections(port, config.drain_idle)))  # fmt: skip
-        return 0
-    return _wait(config, port, log)
+    return _after_withdrawal(config, port, dry_run, log)
 
 
 def _drain_postgresql(config: Config, dry_run: bool, log: RunLog) -> int:
@@ -143,15 +139,16 @@ def _drain_postgresql(config: Config, dry_run: bool, log: RunLog) -> int:
     if code:
         return code
     port = config.postgresql_port
+    return _after_withdrawal(config, port, dry_run, log)
+
+
+def _after_withdrawal(config: Config, port: int, dry_run: bool, log: RunLog) -> int:
+    """drain_seconds for the routers, then at most drain_timeout for the clients of `port`;
+    with dry_run, only what it would wait for."""
     if dry_run:
         log.set(result="dry-run", would_wait=f"{config.drain_seconds:g}+{config.drain_timeout:g}s",
                 clients=sum(client_connections(port, config.drain_idle)))  # fmt: skip
         return 0
-    return _wait(config, port, log)
-
-
-def _wait(config: Config, port: int, log: RunLog) -> int:
-    """drain_seconds for the routers, then at most drain_timeout for the clients of `port`."""
     time.sleep(config.drain_seconds)
     started = time.monotonic()
     remaining, idle = wait_for_clients(port, config.drain_timeout, config.drain_idle)
