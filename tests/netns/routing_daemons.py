@@ -178,6 +178,18 @@ def frr_configs(side: str) -> dict[str, str]:
     }
 
 
+def _daemon_dir(pair: Pair, side: str, root: Path | None, user: str) -> tuple[Path, Path]:
+    """A new directory of one side's daemon, owned by `user` (of `root`'s tree, if given):
+    (the path the daemon sees, the same path seen from here)."""
+    name = f"{user}-{side}"
+    inner = Path("/tmp") / f"{pair.a[:-2]}-{name}" if root else pair.root / name
+    directory = root / inner.relative_to("/") if root else inner
+    directory.mkdir()
+    os.chown(directory, *_ids(root or Path("/"), user))
+    os.chmod(directory, 0o755)
+    return inner, directory
+
+
 def _ids(root: Path, user: str) -> tuple[int, int]:
     """uid and gid of `user` in the passwd file under `root` (another release's, maybe)."""
     for line in (root / "etc" / "passwd").read_text().splitlines():
@@ -206,16 +218,8 @@ class Frr:
         self.pair = pair
         self.netns = pair.a if side == "a" else pair.b
         self.root = root
-        # inner: the path the daemons see; directory: the same, seen from here
-        if root:
-            self.inner = Path("/tmp") / f"{pair.a[:-2]}-frr-{side}"
-        else:
-            self.inner = pair.root / f"frr-{side}"
-        self.directory = root / self.inner.relative_to("/") if root else self.inner
-        self.directory.mkdir()
+        self.inner, self.directory = _daemon_dir(pair, side, root, "frr")
         uid, gid = _ids(root or Path("/"), "frr")
-        os.chown(self.directory, uid, gid)
-        os.chmod(self.directory, 0o755)
         self.pids: dict[str, int] = {}
         configs = configs or frr_configs(side)
         for daemon in ("zebra", *daemons):
@@ -314,14 +318,7 @@ class Bird:
         self.pair = pair
         self.netns = pair.a if side == "a" else pair.b
         self.root = root
-        if root:
-            self.inner = Path("/tmp") / f"{pair.a[:-2]}-bird-{side}"
-        else:
-            self.inner = pair.root / f"bird-{side}"
-        self.directory = root / self.inner.relative_to("/") if root else self.inner
-        self.directory.mkdir()
-        os.chown(self.directory, *_ids(root or Path("/"), "bird"))  # its pid file is bird's
-        os.chmod(self.directory, 0o755)
+        self.inner, self.directory = _daemon_dir(pair, side, root, "bird")  # bird's pid file
         self.socket = self.directory / "bird.ctl"
         (self.directory / "bird.conf").write_text(bird_config(side))
         (self.directory / "bird.conf").chmod(0o644)
