@@ -1,4 +1,5 @@
-"""python3 -m lab up [--profile ospf|bgp] | demo [--profile ospf|bgp] [--keep] | down | status"""
+"""python3 -m lab up [--profile P] | demo [--profile P] [--keep] | down | status
+(P: ospf, bgp or two-site)"""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import os
 import sys
 
 from lab import frr, state, topology
-from lab.hosts import ANYCAST6_PREFIX, ANYCAST_PREFIX
+from lab.hosts import ANYCAST6_PREFIX, ANYCAST_PREFIX, ROUTER2
 from lab.profiles import Profile
 
 
@@ -16,16 +17,20 @@ def add_profile(parser: argparse.ArgumentParser) -> None:
         "--profile",
         choices=[p.value for p in Profile],
         default=Profile.OSPF.value,
-        help="routing: FRR OSPF + BFD (default), or eBGP + BFD, IPv4 and IPv6, with BIRD "
-        "on bal3; a running lab switches its routing daemons only",
+        help="routing: FRR OSPF + BFD (default); eBGP + BFD, IPv4 and IPv6, with BIRD "
+        "on bal3; or two-site: OSPF + BFD with bal3 behind a second router, at a second "
+        "site. A running lab switches its routing daemons only",
     )
 
 
-def routes_text() -> str:
-    """The router's routes to both anycast addresses (the IPv6 one: BGP profile only)."""
+def routes_text(profile: Profile) -> str:
+    """The router's routes to both anycast addresses (the IPv6 one: BGP profile only),
+    and router2's (two-site profile)."""
     lines = []
     for prefix in (ANYCAST_PREFIX, ANYCAST6_PREFIX):
         lines.append(frr.route_text(prefix) or f"(no route to {prefix})")
+    if profile.two_sites:
+        lines.append(f"router2 (site B): {frr.route_text(router=ROUTER2) or '(no route)'}")
     return "\n".join(lines)
 
 
@@ -48,8 +53,8 @@ def main() -> int:
         return 2
 
     if args.command == "up":
-        topology.up(profile=Profile(args.profile))
-        print(routes_text())
+        built = topology.up(profile=Profile(args.profile))
+        print(routes_text(built.profile))
         return 0
     if args.command == "down":
         topology.down()
@@ -63,7 +68,7 @@ def main() -> int:
             f"lab up, profile: {lab.profile.value}, wiring: {lab.wiring.value}, "
             f"state: {state.STATE_FILE}"
         )
-        print(routes_text())
+        print(routes_text(lab.profile))
         return 0
     from lab import demo as demo_module
 

@@ -1,6 +1,8 @@
 """`python3 -m lab demo`: the article's topology, its ECMP spread, a pgpool crash and its
 recovery, told step by step with the router's route table before and after. In the BGP
-profile the same for the IPv6 anycast address beside the IPv4 one."""
+profile the same for the IPv6 anycast address beside the IPv4 one. In the two-site
+profile: each site's clients on their own site's balancers, then site A's pgpools
+stopped, its clients served across the inter-site link by site B, and back."""
 
 from __future__ import annotations
 
@@ -16,12 +18,20 @@ from lab.hosts import (
     ANYCAST_PREFIX,
     BALANCERS,
     CLIENT,
+    CLIENT2,
     PGPOOL_PORT,
+    ROUTER,
+    ROUTER2,
+    ROUTER2_SITE_IP,
+    SITE_A,
+    SITE_B,
+    SITE_COST,
+    Host,
     backend_by_ip,
     balancer_by_ip,
 )
 from lab.measure import RouteWatch
-from lab.topology import Lab
+from lab.topology import Lab, run_parallel
 
 CONNECTIONS = 30
 WHO_ANSWERED = "select host(inet_client_addr()), host(inet_server_addr())"
@@ -36,26 +46,28 @@ def show(text: str) -> None:
         print(f"   {line}")
 
 
-def psql_who(target: str = ANYCAST, timeout: int = 3) -> tuple[str, str] | str:
-    """One new psql connection from the client to an anycast address: who answered."""
+def psql_who(
+    target: str = ANYCAST, timeout: int = 3, client: Host = CLIENT
+) -> tuple[str, str] | str:
+    """One new psql connection from a client to an anycast address: who answered."""
     argv = [
         "env", f"PGCONNECT_TIMEOUT={timeout}", str(postgres.PG_BIN / "psql"),
         "-X", "-A", "-t", "-F", " ", "-h", target, "-p", str(PGPOOL_PORT),
         "-U", "postgres", "-c", WHO_ANSWERED,
     ]  # fmt: skip
-    proc = netns.ns_run(CLIENT.netns, argv, check=False, timeout=timeout + 10)
+    proc = netns.ns_run(client.netns, argv, check=False, timeout=timeout + 10)
     if proc.returncode != 0:
         return proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"
     client_addr, server_addr = proc.stdout.split()
     return balancer_by_ip(client_addr), backend_by_ip(server_addr)
 
 
-def spread(count: int, target: str = ANYCAST) -> Counter[str]:
+def spread(count: int, target: str = ANYCAST, client: Host = CLIENT) -> Counter[str]:
     """`count` connections, one table row each; returns how many each balancer served."""
     print(f"   {'#':>3}  {'balancer (inet_client_addr)':<28} backend (inet_server_addr)")
     per_balancer: Counter[str] = Counter()
     for index in range(1, count + 1):
-        answer = psql_who(target)
+        answer = psql_who(target, client=client)
         if isinstance(answer, str):
             print(f"   {index:>3}  FAILED: {answer}")
             per_balancer["failed"] += 1
@@ -91,6 +103,9 @@ def show_routes(lab: Lab) -> None:
 
 
 def run(lab: Lab) -> None:
+    if lab.profile.two_sites:
+        run_two_sites(lab)
+        return
     victim = lab.balancers["bal1"]
     how = {
         "ospf": "OSPF (FRR, BFD on every adjacency)",
@@ -156,4 +171,53 @@ def run(lab: Lab) -> None:
     show_routes(lab)
 
     step(f"{CONNECTIONS} connections again")
+    spread(CONNECTIONS)
+
+
+def show_site_routes() -> None:
+    for router, site in ((ROUTER, "A"), (ROUTER2, "B")):
+        show(f"$ ip route show {ANYCAST_PREFIX}   (on {router.name}, site {site})")
+        show(frr.route_text(router=router))
+
+
+def run_two_sites(lab: Lab) -> None:
+    site_a = [lab.balancers[name] for name in SITE_A]
+    step(
+        f"Two sites: {', '.join(SITE_A)} behind the router (site A), {', '.join(SITE_B)} "
+        f"behind router2 (site B), OSPF area 0 over an inter-site link of cost {SITE_COST}"
+    )
+    show("Every balancer announces the same external route; each router prefers the")
+    show("balancers it reaches at the lower cost, its own site's.")
+    show_site_routes()
+
+    step(f"{CONNECTIONS} connections from site A's client, 10 from site B's client2")
+    spread(CONNECTIONS)
+    spread(10, client=CLIENT2)
+
+    step(f"Site A goes away: systemctl stop pgpool2 on {' and '.join(SITE_A)}")
+    with RouteWatch(duration=90) as watch:
+        stopped_at = time.monotonic()
+        run_parallel([bal.stop_pgpool for bal in site_a])
+        crossed_at, _ = watch.wait_for(
+            lambda hops: hops == [ROUTER2_SITE_IP], 30.0, after=stopped_at
+        )
+    show(
+        f"the router sends the anycast address to router2 {1000 * (crossed_at - stopped_at):.0f}"
+        " ms after the stop began (the drains' withdrawals, then OSPF)"
+    )
+    show_site_routes()
+
+    step("Site A's clients are served across the inter-site link, by site B")
+    spread(10)
+
+    step(f"Site A is back: systemctl start pgpool2 on {' and '.join(SITE_A)}")
+    site_a_hops = {bal.host.ospf_ip for bal in site_a}
+    with RouteWatch(duration=90) as watch:
+        started_at = time.monotonic()
+        run_parallel([bal.start_pgpool for bal in site_a])
+        back_at, _ = watch.wait_for(lambda hops: set(hops) == site_a_hops, 60.0, after=started_at)
+    show(f"both site A balancers are next hops again {1000 * (back_at - started_at):.0f} ms later")
+    show_site_routes()
+
+    step(f"{CONNECTIONS} connections from site A's client again")
     spread(CONNECTIONS)

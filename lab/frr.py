@@ -1,6 +1,10 @@
-"""FRR on the router: zebra, bfdd and the profile's routing daemon (ospfd or bgpd) started
-by hand in its namespace; the router's routes to the anycast addresses, and its BGP and
-BFD sessions (vtysh). The balancers' routing daemons are lab/profiles.py's."""
+"""FRR started by hand in a lab namespace: on the router, zebra, bfdd and the profile's
+routing daemon (ospfd or bgpd); on site B's router2 in the two-site profile, zebra, bfdd
+and ospfd. The routers' routes to the anycast addresses, and their OSPF, BGP and BFD
+sessions (vtysh). The balancers' routing daemons are lab/profiles.py's.
+
+Every file of such an instance lives in its own directory under the lab's (never
+/etc/frr), and its daemons are recorded in the lab's state as "<instance>-<daemon>"."""
 
 from __future__ import annotations
 
@@ -9,25 +13,99 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from lab import netns, state
 from lab.hosts import (
     ANYCAST_PREFIX,
     BALANCERS,
+    BASE_NET,
     CLIENT_NET,
     CLIENT_NET6,
     OSPF_NET,
     ROUTER,
+    ROUTER2,
+    SITE_B_NET,
+    SITE_COST,
+    SITE_LINK_NET,
+    Host,
 )
 from lab.profiles import Profile
 
 TEMPLATES = Path(__file__).with_name("templates")
-ROUTER_DIR = state.LAB_DIR / "frr-router"
 FRR_LIB = Path("/usr/lib/frr")
-# The routing daemon of each profile; zebra and bfdd run in both.
-ROUTING_DAEMON = {Profile.OSPF: "ospfd", Profile.BGP: "bgpd"}
+# The router's routing daemon in each profile; zebra and bfdd run in all.
+ROUTING_DAEMON = {Profile.OSPF: "ospfd", Profile.BGP: "bgpd", Profile.TWO_SITE: "ospfd"}
 VTYSH_TIMEOUT = 20.0
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One hand-started FRR: its name in the lab's state, its namespace, its directory."""
+
+    name: str
+    host: Host
+
+    @property
+    def directory(self) -> Path:
+        return state.LAB_DIR / f"frr-{self.name}"
+
+    def record(self, daemon: str) -> str:
+        return f"{self.name}-{daemon}"
+
+
+ROUTER_FRR = Instance("router", ROUTER)
+ROUTER2_FRR = Instance("router2", ROUTER2)
+ROUTER_DIR = ROUTER_FRR.directory
+INSTANCES = (ROUTER_FRR, ROUTER2_FRR)
+
+
+# The router's side of br0, the backends' network: OSPF there meets only the PostgreSQL
+# primary's last-resort announcement (lab/fallback.py), whose example has these timers.
+BASE_INTERFACE = """interface eth0
+ ip ospf hello-interval 1
+ ip ospf dead-interval 3
+ ip ospf retransmit-interval 1
+!
+"""
+
+
+def ospf_router_conf(
+    host: Host, lan: tuple[str, str], site_interface: str, base_interface: str = ""
+) -> str:
+    """ospfd of a router: its LAN with balancers (interface, network), the inter-site
+    link (point-to-point, cost SITE_COST), both with BFD, and optionally br0."""
+    comment = "OSPF on eth0 (br0) meets the fallback host only." if base_interface else ""
+    return (
+        (TEMPLATES / "ospf-router.conf")
+        .read_text()
+        .format(
+            hostname=f"lab-{host.name}",
+            base_comment=comment,
+            base_interface=base_interface,
+            base_network=f" network {BASE_NET} area 0\n" if base_interface else "",
+            router_id=host.loopback_ip,
+            lan_interface=lan[0],
+            lan_net=lan[1],
+            site_interface=site_interface,
+            site_net=SITE_LINK_NET,
+            site_cost=SITE_COST,
+        )
+    )
+
+
+def bfdd_conf(host: Host) -> str:
+    return (TEMPLATES / "bfdd-router.conf").read_text().replace("lab-router", f"lab-{host.name}")
+
+
+def router2_configs() -> dict[str, str]:
+    """Site B's router: zebra, bfdd and ospfd, in that order."""
+    return {
+        "zebra": f"hostname lab-{ROUTER2.name}\n",
+        "bfdd": bfdd_conf(ROUTER2),
+        "ospfd": ospf_router_conf(ROUTER2, ("eth2", SITE_B_NET), "eth0"),
+    }
 
 
 def router_configs() -> dict[str, str]:
@@ -39,10 +117,8 @@ def router_configs() -> dict[str, str]:
     )
     return {
         "zebra": "hostname lab-router\n",
-        "bfdd": (TEMPLATES / "bfdd-router.conf").read_text(),
-        "ospfd": (TEMPLATES / "ospf-router.conf")
-        .read_text()
-        .format(router_id=ROUTER.loopback_ip, ospf_net=OSPF_NET),
+        "bfdd": bfdd_conf(ROUTER),
+        "ospfd": ospf_router_conf(ROUTER, ("eth1", OSPF_NET), "eth3", BASE_INTERFACE),
         "bgpd": (TEMPLATES / "bgp-router.conf")
         .read_text()
         .format(
@@ -56,64 +132,79 @@ def router_configs() -> dict[str, str]:
 
 
 def start_router(profile: Profile) -> None:
-    """zebra, bfdd, then the profile's routing daemon, every path inside the lab
-    directory."""
-    if ROUTER_DIR.exists():
-        shutil.rmtree(ROUTER_DIR)
-    ROUTER_DIR.mkdir(parents=True)
-    shutil.chown(ROUTER_DIR, "frr", "frr")
+    """The router's zebra, bfdd and routing daemon; router2's in the two-site profile."""
+    start_instance(ROUTER_FRR, router_configs())
+    for daemon in ("zebra", "bfdd", ROUTING_DAEMON[profile]):
+        start_daemon(ROUTER_FRR, daemon)
+    if profile.two_sites:
+        start_router2()
+
+
+def start_instance(instance: Instance, configs: dict[str, str]) -> None:
+    """A fresh directory with every daemon's configuration file, owned by frr."""
+    directory = instance.directory
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    shutil.chown(directory, "frr", "frr")
     Path("/run/frr").mkdir(exist_ok=True)  # ospfd's fixed graceful-restart state file
     shutil.chown("/run/frr", "frr", "frr")
-    for daemon, text in router_configs().items():
-        conf = ROUTER_DIR / f"{daemon}.conf"
+    for daemon, text in configs.items():
+        conf = directory / f"{daemon}.conf"
         conf.write_text(text)
         shutil.chown(conf, "frr", "frr")
         conf.chmod(0o640)
-    zserv = ROUTER_DIR / "zserv.api"
-    start_daemon("zebra")
-    wait_for(zserv.exists, 10.0, "zebra's zserv socket")
-    start_daemon("bfdd", ["--bfdctl", str(ROUTER_DIR / "bfdd.sock")])
-    start_daemon(ROUTING_DAEMON[profile])
+
+
+def start_router2() -> None:
+    configs = router2_configs()
+    start_instance(ROUTER2_FRR, configs)
+    for daemon in configs:
+        start_daemon(ROUTER2_FRR, daemon)
+
+
+def stop_instance(instance: Instance, daemons: tuple[str, ...] = ()) -> None:
+    """Stop an instance's daemons by recorded PID (all of them unless told), and forget them."""
+    names = {instance.record(d) for d in daemons} if daemons else None
+    for record in state.load().processes:
+        if record.name.startswith(f"{instance.name}-") and (names is None or record.name in names):
+            state.stop_process(record)
+            state.forget_process(record.name)
+
+
+def is_running(instance: Instance, daemon: str) -> bool:
+    wanted = instance.record(daemon)
+    return any(p.name == wanted and state.is_alive(p) for p in state.load().processes)
 
 
 def switch_router(profile: Profile) -> None:
-    """Stop the other profile's routing daemon (zebra removes its routes), start this one's."""
-    for other, daemon in ROUTING_DAEMON.items():
-        if other is not profile:
-            for record in state.load().processes:
-                if record.name == f"router-{daemon}":
-                    state.stop_process(record)
-            state.forget_process(f"router-{daemon}")
-    wanted = f"router-{ROUTING_DAEMON[profile]}"
-    if not any(p.name == wanted and state.is_alive(p) for p in state.load().processes):
-        start_daemon(ROUTING_DAEMON[profile])
+    """Stop the other profiles' routing daemon on the router (zebra removes its routes),
+    start this one's; start or stop router2 for the two-site profile."""
+    wanted = ROUTING_DAEMON[profile]
+    stop_instance(ROUTER_FRR, tuple(d for d in set(ROUTING_DAEMON.values()) if d != wanted))
+    if not is_running(ROUTER_FRR, wanted):
+        start_daemon(ROUTER_FRR, wanted)
+    if profile.two_sites and not is_running(ROUTER2_FRR, "ospfd"):
+        stop_instance(ROUTER2_FRR)
+        start_router2()
+    elif not profile.two_sites:
+        stop_instance(ROUTER2_FRR)
 
 
-def start_daemon(daemon: str, extra: list[str] | None = None) -> None:
-    zserv = ROUTER_DIR / "zserv.api"
-    argv = [str(FRR_LIB / daemon), "-f", str(ROUTER_DIR / f"{daemon}.conf"), *(extra or [])]
-    log = (ROUTER_DIR / f"{daemon}.log").open("ab")
+def start_daemon(instance: Instance, daemon: str) -> None:
+    directory = instance.directory
+    zserv = directory / "zserv.api"
+    extra = ["--bfdctl", str(directory / "bfdd.sock")] if daemon == "bfdd" else []
+    log_path = directory / f"{daemon}.log"
+    argv = [
+        str(FRR_LIB / daemon), "-f", str(directory / f"{daemon}.conf"), *extra,
+        "-i", str(directory / f"{daemon}.pid"), "-z", str(zserv),
+        "--vty_socket", str(directory), "-P", "0", "-u", "frr", "-g", "frr",
+        "--log", f"file:{log_path}",
+    ]  # fmt: skip
+    log = log_path.open("ab")
     proc = subprocess.Popen(
-        netns.in_ns(
-            ROUTER.netns,
-            [
-                *argv,
-                "-i",
-                str(ROUTER_DIR / f"{daemon}.pid"),
-                "-z",
-                str(zserv),
-                "--vty_socket",
-                str(ROUTER_DIR),
-                "-P",
-                "0",
-                "-u",
-                "frr",
-                "-g",
-                "frr",
-                "--log",
-                f"file:{ROUTER_DIR / (daemon + '.log')}",
-            ],
-        ),
+        netns.in_ns(instance.host.netns, argv),
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=log,
@@ -121,7 +212,9 @@ def start_daemon(daemon: str, extra: list[str] | None = None) -> None:
     )
     log.close()
     time.sleep(0.05)
-    state.record_process(f"router-{daemon}", proc.pid)
+    state.record_process(instance.record(daemon), proc.pid)
+    if daemon == "zebra":
+        wait_for(zserv.exists, 10.0, f"{instance.name}'s zebra zserv socket")
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -139,10 +232,10 @@ def ip_route(prefix: str, as_json: bool = False) -> list[str]:
     return ["ip", *(["-j"] if as_json else []), family, "route", "show", prefix]
 
 
-def next_hops(prefix: str = ANYCAST_PREFIX) -> list[str]:
-    """The router's kernel next hops for an anycast prefix (/32 or /128): the balancers'
-    addresses on the routing network (br1)."""
-    out = netns.ns_run(ROUTER.netns, ip_route(prefix, as_json=True)).stdout
+def next_hops(prefix: str = ANYCAST_PREFIX, router: Host = ROUTER) -> list[str]:
+    """A router's kernel next hops for an anycast prefix (/32 or /128): the balancers'
+    addresses on its LAN (br1; br2 for router2), or the other router's."""
+    out = netns.ns_run(router.netns, ip_route(prefix, as_json=True)).stdout
     hops: list[str] = []
     for route in json.loads(out or "[]"):
         if "gateway" in route:
@@ -151,33 +244,35 @@ def next_hops(prefix: str = ANYCAST_PREFIX) -> list[str]:
     return sorted(hops)
 
 
-def route_text(prefix: str = ANYCAST_PREFIX) -> str:
-    return netns.ns_run(ROUTER.netns, ip_route(prefix)).stdout.rstrip()
+def route_text(prefix: str = ANYCAST_PREFIX, router: Host = ROUTER) -> str:
+    return netns.ns_run(router.netns, ip_route(prefix)).stdout.rstrip()
 
 
-def wait_next_hops(expected: set[str], timeout: float, prefix: str = ANYCAST_PREFIX) -> float:
-    """Wait until the router's next hops for `prefix` are exactly `expected`; return
+def wait_next_hops(
+    expected: set[str], timeout: float, prefix: str = ANYCAST_PREFIX, router: Host = ROUTER
+) -> float:
+    """Wait until a router's next hops for `prefix` are exactly `expected`; return
     seconds waited."""
     started = time.monotonic()
     deadline = started + timeout
     while True:
-        current = set(next_hops(prefix))
+        current = set(next_hops(prefix, router))
         if current == expected:
             return time.monotonic() - started
         if time.monotonic() > deadline:
             raise TimeoutError(
-                f"router next hops for {prefix} {sorted(current)} != {sorted(expected)} "
+                f"{router.name} next hops for {prefix} {sorted(current)} != {sorted(expected)} "
                 f"after {timeout:.0f}s"
             )
         time.sleep(0.05)
 
 
-def vtysh_json(command: str) -> object:
-    """`vtysh -c COMMAND` against the router's own daemons (their vty sockets in the lab
+def vtysh_json(command: str, instance: Instance = ROUTER_FRR) -> object:
+    """`vtysh -c COMMAND` against an instance's own daemons (their vty sockets in its
     directory), parsed; bounded."""
     proc = netns.ns_run(
-        ROUTER.netns,
-        ["vtysh", "--vty_socket", str(ROUTER_DIR), "-c", command],
+        instance.host.netns,
+        ["vtysh", "--vty_socket", str(instance.directory), "-c", command],
         timeout=VTYSH_TIMEOUT,
     )
     return json.loads(proc.stdout or "{}")
@@ -193,9 +288,9 @@ def bgp_sessions() -> dict[str, str]:
     return found
 
 
-def bfd_sessions() -> dict[str, str]:
-    """The router's BFD peers and their states ("up", "down", ...)."""
-    peers = vtysh_json("show bfd peers json")
+def bfd_sessions(instance: Instance = ROUTER_FRR) -> dict[str, str]:
+    """A router's BFD peers and their states ("up", "down", ...)."""
+    peers = vtysh_json("show bfd peers json", instance)
     if not isinstance(peers, list):
         return {}
     return {str(p.get("peer")): str(p.get("status")) for p in peers}

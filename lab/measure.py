@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab import netns
-from lab.hosts import ANYCAST, CLIENT, ROUTER
+from lab.hosts import ANYCAST, CLIENT, ROUTER, Host
 
 REPO = Path(__file__).resolve().parent.parent
 # Debian's interpreter: it has python3-pyroute2, whatever `python3` is first in PATH.
@@ -29,17 +29,21 @@ def lab_module(netns_name: str, module: str, *args: str) -> list[str]:
 
 
 class RouteWatch:
-    """The router's next hops for an anycast address (the IPv4 /32 unless told), polled
-    every 5 ms in its namespace."""
+    """A router's next hops for an anycast address (the router's, for the IPv4 /32, unless
+    told), polled every 5 ms in its namespace."""
 
     def __init__(
-        self, duration: float = 60.0, interval: float = 0.005, address: str = ANYCAST
+        self,
+        duration: float = 60.0,
+        interval: float = 0.005,
+        address: str = ANYCAST,
+        router: Host = ROUTER,
     ) -> None:
         self.changes: list[tuple[float, list[str]]] = []
         self._cond = threading.Condition()
         self._proc = subprocess.Popen(
             lab_module(
-                ROUTER.netns,
+                router.netns,
                 "lab.route_watch",
                 "--address",
                 address,
@@ -136,16 +140,21 @@ class LoadResult:
 
 
 class Load:
-    """Connection-per-query load from the client namespace at a fixed rate (bounded), to
-    an anycast address (the IPv4 one unless told)."""
+    """Connection-per-query load from a client namespace (site A's client unless told) at
+    a fixed rate (bounded), to an anycast address (the IPv4 one unless told)."""
 
     def __init__(
-        self, rate: float, duration: float, timeout: float = 2.0, target: str = ANYCAST
+        self,
+        rate: float,
+        duration: float,
+        timeout: float = 2.0,
+        target: str = ANYCAST,
+        client: Host = CLIENT,
     ) -> None:
         self.duration = duration
         self._proc = subprocess.Popen(
             lab_module(
-                CLIENT.netns,
+                client.netns,
                 "lab.load",
                 "--target",
                 target,
@@ -175,9 +184,9 @@ class Load:
         return LoadResult([Attempt(*a) for a in raw["attempts"]])
 
 
-def connect_many(count: int, target: str = ANYCAST) -> LoadResult:
+def connect_many(count: int, target: str = ANYCAST, client: Host = CLIENT) -> LoadResult:
     """`count` separate connections one after another (no rate), who answered each."""
-    load = Load(rate=200.0, duration=count / 200.0, target=target)
+    load = Load(rate=200.0, duration=count / 200.0, target=target, client=client)
     return load.result()
 
 

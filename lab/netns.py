@@ -9,13 +9,21 @@ from pathlib import Path
 from lab.hosts import (
     ALL_HOSTS,
     ALL_NETNS,
+    BALANCERS,
     CLIENT,
+    CLIENT2,
+    CLIENT2_IP,
     CLIENT_IP,
     CLIENT_IP6,
     LAB_NET6,
     ROUTER,
+    ROUTER2,
+    ROUTER2_CLIENT_IP,
+    ROUTER2_SITE_IP,
     ROUTER_CLIENT_IP,
     ROUTER_CLIENT_IP6,
+    ROUTER_SITE_IP,
+    SITE_B,
     SWITCH_NS,
     Host,
 )
@@ -73,21 +81,23 @@ def create_all() -> None:
             plug(host, "eth0", "br0", host.base_ip)
         if host.on_ospf:
             plug(host, "eth1", "br1", host.ospf_ip, host.ospf_ip6)
-        if host is not CLIENT:
+        if host not in (CLIENT, CLIENT2):
             ns_run(host.netns, ["ip", "addr", "add", f"{host.loopback_ip}/32", "dev", "lo"])
         # Replies from the anycast address may leave by another interface than the
         # request came in on; keep reverse-path filtering out of the way.
         sysctl(host.netns, "net.ipv4.conf.all.rp_filter", "0")
         sysctl(host.netns, "net.ipv4.conf.default.rp_filter", "0")
     link_client()
-    for key, value in (
-        ("net.ipv4.ip_forward", "1"),
-        ("net.ipv4.fib_multipath_hash_policy", "1"),  # L4 hash: flows spread by port
-        ("net.ipv4.fib_multipath_use_neigh", "1"),
-        ("net.ipv6.conf.all.forwarding", "1"),
-        ("net.ipv6.fib_multipath_hash_policy", "1"),  # the same L4 hash for IPv6
-    ):
-        sysctl(ROUTER.netns, key, value)
+    link_site_b()
+    for router in (ROUTER, ROUTER2):
+        for key, value in (
+            ("net.ipv4.ip_forward", "1"),
+            ("net.ipv4.fib_multipath_hash_policy", "1"),  # L4 hash: flows spread by port
+            ("net.ipv4.fib_multipath_use_neigh", "1"),
+            ("net.ipv6.conf.all.forwarding", "1"),
+            ("net.ipv6.fib_multipath_hash_policy", "1"),  # the same L4 hash for IPv6
+        ):
+            sysctl(router.netns, key, value)
 
 
 def plug(host: Host, ifname: str, bridge: str, address: str, address6: str = "") -> None:
@@ -118,34 +128,49 @@ def plug(host: Host, ifname: str, bridge: str, address: str, address6: str = "")
     ns_run(host.netns, ["ip", "link", "set", ifname, "up"])
 
 
+def veth(a: tuple[str, str, str], b: tuple[str, str, str]) -> None:
+    """A veth pair between two lab namespaces: (namespace, interface, address/len) each
+    end, up (the address may be "" for none)."""
+    (ns_a, if_a, _), (ns_b, if_b, _) = a, b
+    run(["ip", "link", "add", if_a, "netns", ns_a, "type", "veth",
+         "peer", "name", if_b, "netns", ns_b])  # fmt: skip
+    for netns_name, ifname, address in (a, b):
+        if address:
+            ns_run(netns_name, ["ip", "addr", "add", address, "dev", ifname])
+        ns_run(netns_name, ["ip", "link", "set", ifname, "up"])
+
+
 def link_client() -> None:
     """The client hangs off the router by its own link, with a route to the lab only
     (IPv4 and IPv6)."""
-    run(
-        [
-            "ip",
-            "link",
-            "add",
-            "eth2",
-            "netns",
-            ROUTER.netns,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            CLIENT.netns,
-        ]
+    veth(
+        (ROUTER.netns, "eth2", f"{ROUTER_CLIENT_IP}/24"), (CLIENT.netns, "eth0", f"{CLIENT_IP}/24")
     )
-    ns_run(ROUTER.netns, ["ip", "addr", "add", f"{ROUTER_CLIENT_IP}/24", "dev", "eth2"])
-    ns_run(ROUTER.netns, ["ip", "link", "set", "eth2", "up"])
-    ns_run(CLIENT.netns, ["ip", "addr", "add", f"{CLIENT_IP}/24", "dev", "eth0"])
-    ns_run(CLIENT.netns, ["ip", "link", "set", "eth0", "up"])
     ns_run(CLIENT.netns, ["ip", "route", "add", "198.18.0.0/22", "via", ROUTER_CLIENT_IP])
     ns_run(ROUTER.netns, ["ip", "addr", "add", f"{ROUTER_CLIENT_IP6}/64", "dev", "eth2", "nodad"])
     ns_run(CLIENT.netns, ["ip", "addr", "add", f"{CLIENT_IP6}/64", "dev", "eth0", "nodad"])
     ns_run(CLIENT.netns, ["ip", "-6", "route", "add", LAB_NET6, "via", ROUTER_CLIENT_IP6])
+
+
+def link_site_b() -> None:
+    """Site B (lab/profiles.py's two-site profile; wired in every profile, so that a
+    switch only restarts daemons): router2 on an inter-site link to the router (eth3),
+    its client2, and its LAN with each site-B balancer (that balancer's eth2). IPv4 only."""
+    veth(
+        (ROUTER.netns, "eth3", f"{ROUTER_SITE_IP}/24"),
+        (ROUTER2.netns, "eth0", f"{ROUTER2_SITE_IP}/24"),
+    )
+    veth(
+        (ROUTER2.netns, "eth1", f"{ROUTER2_CLIENT_IP}/24"),
+        (CLIENT2.netns, "eth0", f"{CLIENT2_IP}/24"),
+    )
+    ns_run(CLIENT2.netns, ["ip", "route", "add", "198.18.0.0/21", "via", ROUTER2_CLIENT_IP])
+    ns_run(SWITCH_NS, ["ip", "link", "add", "br2", "type", "bridge"])
+    ns_run(SWITCH_NS, ["ip", "link", "set", "br2", "up"])
+    for bal in BALANCERS:
+        if bal.name in SITE_B:
+            plug(bal, "eth2", "br2", bal.site_b_ip)
+    plug(ROUTER2, "eth2", "br2", ROUTER2.site_b_ip)
 
 
 def sysctl(netns: str, key: str, value: str) -> None:

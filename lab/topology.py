@@ -22,9 +22,9 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 
-from lab import balancers, frr, netns, pgpool41, postgres, state
+from lab import balancers, frr, netns, pgpool41, postgres, profiles, state
 from lab.balancers import Balancer, Follow, Wiring
-from lab.hosts import ALL_NETNS, ANYCAST6_PREFIX, BACKENDS, BALANCERS
+from lab.hosts import ALL_NETNS, ANYCAST6_PREFIX, BACKENDS, BALANCERS, ROUTER2, SITE_B
 from lab.profiles import Profile
 from testbed import rootfs
 
@@ -49,7 +49,20 @@ class Lab:
         self.profile = profile
 
     def all_next_hops(self) -> set[str]:
-        return {b.host.ospf_ip for b in self.balancers.values()}
+        """The router's next hops when all balancers announce: every balancer's address
+        on br1, or only site A's in the two-site profile."""
+        return {
+            b.host.ospf_ip
+            for b in self.balancers.values()
+            if not (self.profile.two_sites and b.name in SITE_B)
+        }
+
+    def site_b_next_hops(self) -> set[str]:
+        """router2's next hops when all balancers announce (two-site profile only): site
+        B's balancers on br2."""
+        if not self.profile.two_sites:
+            return set()
+        return {self.balancers[name].host.site_b_ip for name in SITE_B}
 
     def all_next_hops6(self) -> set[str]:
         """The router's next hops for the IPv6 anycast /128 when all balancers announce:
@@ -62,6 +75,8 @@ class Lab:
         """Wait until the router has every balancer for both anycast addresses."""
         frr.wait_next_hops(self.all_next_hops(), timeout)
         frr.wait_next_hops(self.all_next_hops6(), timeout, ANYCAST6_PREFIX)
+        if self.profile.two_sites:
+            frr.wait_next_hops(self.site_b_next_hops(), timeout, router=ROUTER2)
 
     def is_nominal(self) -> bool:
         """Every backend runs in its starting role, every pgpool runs with the lab's own
@@ -75,6 +90,8 @@ class Lab:
         ):
             return False
         if set(frr.next_hops(ANYCAST6_PREFIX)) != self.all_next_hops6():
+            return False
+        if self.profile.two_sites and set(frr.next_hops(router=ROUTER2)) != self.site_b_next_hops():
             return False
         return set(frr.next_hops()) == self.all_next_hops()
 
@@ -129,7 +146,10 @@ class Lab:
         say(f"switching the routing profile from {self.profile.value} to {profile.value}")
         started = time.monotonic()
         frr.switch_router(profile)
-        run_parallel([partial(b.set_profile, profile) for b in self.balancers.values()])
+        changed = [
+            b for b in self.balancers.values() if profiles.differs(b.host, self.profile, profile)
+        ]
+        run_parallel([partial(b.set_profile, profile) for b in changed])
         self.profile = profile
         with state.updating() as current:
             current.profile = profile.value
@@ -204,6 +224,8 @@ def attach_running() -> Lab | None:
         return None  # built before the routing profiles (no IPv6 plan): rebuild
     if not all(state.is_alive(p) for p in current.processes):
         return None
+    if not all(netns.exists(name) for name in ALL_NETNS):
+        return None  # built before a namespace was added to the plan (router2, client2)
     if not all(state.is_alive(c.nspawn) for c in current.containers):
         return None
     # A lab built before bal3 ran pgpool 4.1 (or one whose configure did not finish).
@@ -233,7 +255,7 @@ def down(quiet: bool = False) -> None:
     for host in BALANCERS:  # containers a failed `up` had not recorded yet
         balancers.remove_leftovers(host.netns)
     netns.delete_all()
-    for directory in (postgres.PG_DIR, frr.ROUTER_DIR):
+    for directory in (postgres.PG_DIR, *(i.directory for i in frr.INSTANCES)):
         shutil.rmtree(directory, ignore_errors=True)
     state.STATE_FILE.unlink(missing_ok=True)
 
