@@ -21,6 +21,7 @@ apt_packages=(
     # real components the tests drive
     iproute2 procps util-linux libcap2-bin pgpool2 postgresql postgresql-contrib frr bird2
     prometheus-node-exporter
+    nftables  # the lab's fallback host redirects pgpool's port to PostgreSQL's (lab/fallback.py)
     debootstrap systemd-container zstd
     # building and checking the .deb
     debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools

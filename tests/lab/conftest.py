@@ -10,7 +10,9 @@ Every test that takes `lab` or `standalone_lab` runs once per routing profile
 (lab/profiles.py: OSPF + BFD, then eBGP + BFD over IPv4 and IPv6 with BIRD on bal3). The
 profile is a session parameter and the items are sorted so that all OSPF runs come
 first: the lab switches its routing daemons once, in the same containers. A test that
-holds for one profile only takes `ospf_lab` or `bgp_lab` and says why.
+holds for one profile only takes `ospf_lab` or `bgp_lab` and says why. The two-site
+tests take `two_site_lab` (that profile only: it is about the second site) and run
+between the OSPF and the BGP runs, since from OSPF only bal3 and router2 switch.
 """
 
 from __future__ import annotations
@@ -31,12 +33,14 @@ from lab.balancers import Wiring  # noqa: E402
 from lab.profiles import Profile  # noqa: E402
 from lab.topology import Lab  # noqa: E402
 
-PROFILES = (Profile.OSPF, Profile.BGP)
+PROFILES = (Profile.OSPF, Profile.BGP)  # what every lab test runs in
+ORDER = (Profile.OSPF, Profile.TWO_SITE, Profile.BGP)  # the order the runs come in
 
 HOST_TOOLS = (
     "ip",
     "systemd-nspawn",
     "nsenter",
+    "nft",
     "debootstrap",
     "zstd",
     "/usr/lib/frr/zebra",
@@ -52,6 +56,8 @@ def item_profile(item: pytest.Item) -> Profile | None:
         return Profile.OSPF
     if "bgp_lab" in fixtures:
         return Profile.BGP
+    if "two_site_lab" in fixtures:
+        return Profile.TWO_SITE
     callspec = getattr(item, "callspec", None)
     if callspec is not None and isinstance(callspec.params.get("profile"), Profile):
         return callspec.params["profile"]
@@ -69,7 +75,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Sort the lab's items among themselves, in the places they hold: the rest of the
     # session keeps its order.
     places = [index for index, item in enumerate(items) if item_profile(item) is not None]
-    order = {profile: index for index, profile in enumerate(PROFILES)}
+    order = {profile: index for index, profile in enumerate(ORDER)}
     ordered = sorted((items[i] for i in places), key=lambda item: order[item_profile(item)])
     for place, item in zip(places, ordered, strict=True):
         items[place] = item
@@ -137,6 +143,13 @@ def bgp_lab(lab_session: Lab) -> Lab:
     """The guarded lab in the BGP profile only (IPv6, BGP and BIRD facts); a test that
     takes it says why."""
     return nominal(lab_session, Wiring.GUARD, Profile.BGP)
+
+
+@pytest.fixture
+def two_site_lab(lab_session: Lab) -> Lab:
+    """The guarded lab in the two-site profile: site A's router with bal1 and bal2, site
+    B's router2 with bal3, a client behind each."""
+    return nominal(lab_session, Wiring.GUARD, Profile.TWO_SITE)
 
 
 Report = Callable[[str, object], None]

@@ -87,14 +87,58 @@ def test_each_balancer_runs_the_planned_daemon_in_each_profile() -> None:
         ("bal1", Profile.BGP): "frr-bgp.conf",
         ("bal2", Profile.BGP): "frr-bgp.conf",
         ("bal3", Profile.BGP): "bird-bgp.conf",
+        ("bal1", Profile.TWO_SITE): "frr-ospf-bfd.conf",
+        ("bal2", Profile.TWO_SITE): "frr-ospf-bfd.conf",
+        ("bal3", Profile.TWO_SITE): "frr-ospf-bfd.conf",
     }
+    interfaces = {
+        (host.name, profile): profiles.routing_interface(host, profile)
+        for host in BALANCERS
+        for profile in Profile
+    }
+    assert {key for key, interface in interfaces.items() if interface != "eth1"} == {
+        ("bal3", Profile.TWO_SITE)  # site B's balancer, on router2's LAN
+    }
+    assert interfaces["bal3", Profile.TWO_SITE] == "eth2"
     assert len({host.asn for host in BALANCERS}) == len(BALANCERS)  # one private ASN each
     assert all(64512 <= host.asn <= 65534 for host in BALANCERS)
 
 
+def test_site_b_rendering_changes_only_the_interface(tmp_path: Path) -> None:
+    """bal3 in two-site: the OSPF example on eth2, its router-id the same as in `ospf`."""
+    bal3 = BALANCERS[2]
+    example = profiles.FRR_OSPF_BFD
+    rendered = example.render(bal3, "eth2")
+    check_syntax(example, rendered, tmp_path)
+    one_site = example.render(bal3).splitlines()
+    changed = [
+        line for line in difflib.ndiff(one_site, rendered.splitlines()) if line[:2] in ("- ", "+ ")
+    ]
+    assert changed == ["- interface eth1", "+ interface eth2"]
+
+
+def test_fallback_host_configuration_is_the_example_up_to_its_bgp_part() -> None:
+    """pg1's ospfd in the lab (lab/fallback.py): the shipped file's OSPF part, pg1's address."""
+    from lab import fallback
+    from lab.hosts import PRIMARY
+
+    text = fallback.ospfd_conf()
+    shipped = fallback.EXAMPLE.read_text()
+    assert "router bgp" not in text and "router ospf" in text
+    assert text == shipped.split(fallback.BGP_MARKER)[0].replace(
+        fallback.EXAMPLE_ADDRESS, PRIMARY.base_ip
+    )
+    assert f"ospf router-id {PRIMARY.base_ip}" in text
+
+
 def test_router_configurations_parse(tmp_path: Path) -> None:
-    """The router's own bgpd, ospfd and bfdd files (lab templates) for FRR's checker."""
-    for daemon, text in frr.router_configs().items():
+    """The routers' own bgpd, ospfd and bfdd files (lab templates) for FRR's checker:
+    the router's and router2's, and pg1's fallback ospfd."""
+    from lab import fallback
+
+    configs = [*frr.router_configs().items(), *frr.router2_configs().items()]
+    configs.append(("ospfd", fallback.ospfd_conf()))
+    for daemon, text in configs:
         conf = tmp_path / f"{daemon}.conf"
         conf.write_text(text)
         proc = subprocess.run(
