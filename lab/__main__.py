@@ -1,5 +1,5 @@
 """python3 -m lab up [--profile P] | demo [--profile P] [--keep] | down | status
-(P: ospf, bgp or two-site)"""
+(P: ospf, bgp or two-site; demo also takes all, every profile in turn)"""
 
 from __future__ import annotations
 
@@ -11,15 +11,20 @@ from lab import frr, state, topology
 from lab.hosts import ANYCAST6_PREFIX, ANYCAST_PREFIX, ROUTER2
 from lab.profiles import Profile
 
+ALL = "all"  # demo only: every profile in turn, in the same containers
+# From ospf only bal3 and router2 switch to two-site; then to bgp.
+DEMO_ORDER = (Profile.OSPF, Profile.TWO_SITE, Profile.BGP)
 
-def add_profile(parser: argparse.ArgumentParser) -> None:
+
+def add_profile(parser: argparse.ArgumentParser, every: bool = False) -> None:
     parser.add_argument(
         "--profile",
-        choices=[p.value for p in Profile],
+        choices=[p.value for p in Profile] + ([ALL] if every else []),
         default=Profile.OSPF.value,
         help="routing: FRR OSPF + BFD (default); eBGP + BFD, IPv4 and IPv6, with BIRD "
         "on bal3; or two-site: OSPF + BFD with bal3 behind a second router, at a second "
-        "site. A running lab switches its routing daemons only",
+        "site" + ("; or all three in turn (demo)" if every else "") + ". A running lab "
+        "switches its routing daemons only",
     )
 
 
@@ -43,7 +48,7 @@ def main() -> int:
     up = commands.add_parser("up", help="build the lab (or reuse the running one) and leave it up")
     add_profile(up)
     demo = commands.add_parser("demo", help="bring the lab up, run the demo, tear down")
-    add_profile(demo)
+    add_profile(demo, every=True)
     demo.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
     commands.add_parser("down", help="tear everything down, also after a failed run")
     commands.add_parser("status", help="show what runs and the router's route")
@@ -72,9 +77,11 @@ def main() -> int:
         return 0
     from lab import demo as demo_module
 
+    chosen = DEMO_ORDER if args.profile == ALL else (Profile(args.profile),)
     try:
-        lab = topology.up(profile=Profile(args.profile))
-        demo_module.run(lab)
+        for profile in chosen:
+            lab = topology.up(profile=profile)
+            demo_module.run(lab)
     finally:
         if args.keep:
             print("\nlab left up (--keep); `python3 -m lab down` removes it", file=sys.stderr)

@@ -135,6 +135,12 @@ def stop() -> None:
     netns.ns_run(PRIMARY.netns, ["ip", "addr", "del", ANYCAST_PREFIX, "dev", "lo"], check=False)
 
 
+def is_running() -> bool:
+    """Whether any part of the fallback is recorded in the lab's state."""
+    names = {GUARD_RECORD, *(PG1_FRR.record(d) for d in ("zebra", "ospfd"))}
+    return any(p.name in names for p in state.load().processes)
+
+
 def redirect_port() -> None:
     """ANYCAST:PGPOOL_PORT to PostgreSQL's port on pg1 (its own address on the
     incoming interface, where PostgreSQL listens)."""

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 
-from lab import balancers, frr, netns, pgpool41, postgres, profiles, state
+from lab import balancers, fallback, frr, netns, pgpool41, postgres, profiles, state
 from lab.balancers import Balancer, Follow, Wiring
 from lab.hosts import ALL_NETNS, ANYCAST6_PREFIX, BACKENDS, BALANCERS, ROUTER2, SITE_B
 from lab.profiles import Profile
@@ -83,6 +83,8 @@ class Lab:
         configuration and all backends attached, three hops."""
         if not all(postgres.is_running(pg) for pg in BACKENDS):
             return False
+        if fallback.is_running():  # a test's last resort left behind
+            return False
         if not postgres.is_nominal():
             return False
         if any(
@@ -96,11 +98,12 @@ class Lab:
         return set(frr.next_hops()) == self.all_next_hops()
 
     def restore(self) -> None:
-        """Undo what a test or the demo did: the starting roles (rebuilt after a
-        promotion), the lab's own pgpool.conf and hook settings, stopped parts started,
-        backends reattached, the router reconverged. A pgpool that is unhealthy, runs a
+        """Undo what a test or the demo did: pg1's last resort stopped, the starting
+        roles (rebuilt after a promotion), the lab's own pgpool.conf and hook settings,
+        stopped parts started, backends reattached, the router reconverged. A pgpool that is unhealthy, runs a
         test's configuration or sees its backends rebuilt is stopped first (a planned
         stop: the guard owes no hold-down for it), reconfigured, then started afresh."""
+        fallback.stop()
         bals = list(self.balancers.values())
         rebuild = not postgres.is_nominal()
         stale = [
@@ -255,7 +258,8 @@ def down(quiet: bool = False) -> None:
     for host in BALANCERS:  # containers a failed `up` had not recorded yet
         balancers.remove_leftovers(host.netns)
     netns.delete_all()
-    for directory in (postgres.PG_DIR, *(i.directory for i in frr.INSTANCES)):
+    directories = (postgres.PG_DIR, fallback.FALLBACK_DIR, fallback.PG1_FRR.directory)
+    for directory in (*directories, *(i.directory for i in frr.INSTANCES)):
         shutil.rmtree(directory, ignore_errors=True)
     state.STATE_FILE.unlink(missing_ok=True)
 
