@@ -66,8 +66,9 @@ class Lab:
 
     def all_next_hops6(self) -> set[str]:
         """The router's next hops for the IPv6 anycast /128 when all balancers announce:
-        their IPv6 addresses on br1 in the BGP profile, none in the OSPF profile."""
-        if not self.profile.announces_ipv6:
+        their IPv6 addresses on br1 in the BGP profile, none in the OSPF profiles, and
+        none in the manage.sh wiring (the article's script keeps one address, the /32)."""
+        if not self.profile.announces_ipv6 or self.wiring is Wiring.REFERENCE:
             return set()
         return {b.host.ospf_ip6 for b in self.balancers.values()}
 
