@@ -101,9 +101,10 @@ class Lab:
     def restore(self) -> None:
         """Undo what a test or the demo did: pg1's last resort stopped, the starting
         roles (rebuilt after a promotion), the lab's own pgpool.conf and hook settings,
-        stopped parts started, backends reattached, the router reconverged. A pgpool that is unhealthy, runs a
-        test's configuration or sees its backends rebuilt is stopped first (a planned
-        stop: the guard owes no hold-down for it), reconfigured, then started afresh."""
+        stopped parts started, backends reattached, the router reconverged. A pgpool
+        that is unhealthy, runs a test's configuration or sees its backends rebuilt is
+        stopped first (a planned stop: the guard owes no hold-down for it), reconfigured,
+        then started afresh."""
         fallback.stop()
         bals = list(self.balancers.values())
         rebuild = not postgres.is_nominal()
