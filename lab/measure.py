@@ -39,7 +39,11 @@ class RouteWatch:
         address: str = ANYCAST,
         router: Host = ROUTER,
     ) -> None:
-        self.changes: list[tuple[float, list[str]]] = []
+        self.changes: list[tuple[float, list[str]]] = []  # of the set of next hops
+        # Every change of the nexthop group (its id or order), next-hop changes included,
+        # each may move flows: (since, at), the change came after `since` and by `at`
+        # (route_watch's doc).
+        self.regroupings: list[tuple[float, float]] = []
         self._cond = threading.Condition()
         self._proc = subprocess.Popen(
             lab_module(
@@ -66,7 +70,9 @@ class RouteWatch:
         for line in self._proc.stdout:
             change = json.loads(line)
             with self._cond:
-                self.changes.append((change["t"], change["hops"]))
+                if not self.changes or self.changes[-1][1] != change["hops"]:
+                    self.changes.append((change["t"], change["hops"]))
+                self.regroupings.append((change["since"], change["t"]))
                 self._cond.notify_all()
 
     def wait_for(
@@ -217,11 +223,28 @@ class PlannedStop:
     back_at: float  # the router's route has the next hop again
     finished_at: float  # the stop-and-start command returned
     seen: object
+    regroupings: list[tuple[float, float]]  # the router's group changes meanwhile: (since, at)
 
     def failed_in_flight(self, instant: float) -> list[Attempt]:
         """Failures of connections under way at `instant`, such as a change of the
-        router's next hops, which moves some flows to another balancer (ECMP rehash)."""
-        return [a for a in self.result.failures if a.start <= instant <= a.end + 0.05]
+        router's next hops, which moves some flows to another balancer (ECMP rehash).
+        For a change the watcher saw at `instant`, from the poll before it on."""
+        spans = [(since, at) for since, at in self.regroupings if at == instant]
+        return failed_during(self.result.failures, spans or [(instant, instant)])
+
+    def failed_at_regroupings(self) -> list[Attempt]:
+        """Failures that may have been in flight at a change of the router's nexthop
+        group (its two changes of next hops, or a new group zebra installs for the same
+        hops): under way at some moment between the poll that still saw the old group
+        and the one that saw the new."""
+        return failed_during(self.result.failures, self.regroupings)
+
+
+def failed_during(failures: list[Attempt], spans: list[tuple[float, float]]) -> list[Attempt]:
+    """The failures under way at some moment of one of the (since, at) spans."""
+    return [
+        a for a in failures if any(a.start <= at and since <= a.end + 0.05 for since, at in spans)
+    ]
 
 
 def planned_stop_under_load(
@@ -269,9 +292,12 @@ def planned_stop_under_load(
         finally:
             load.stop()
         result = load.result()
+        regroupings = [(since, at) for since, at in watch.regroupings if at >= started_at]
     if errors:
         raise errors[0]
-    return PlannedStop(result, started_at, withdrawn_at, hops, back_at, finished_at, seen)
+    return PlannedStop(
+        result, started_at, withdrawn_at, hops, back_at, finished_at, seen, regroupings
+    )
 
 
 # -- an address deleted directly (bench/failover: the router's own convergence) -----
