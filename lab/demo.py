@@ -175,12 +175,15 @@ def run(lab: Lab) -> None:
 
 
 def show_site_routes() -> None:
+    """Both routers' routes to the anycast /32: each site's own view."""
     for router, site in ((ROUTER, "A"), (ROUTER2, "B")):
         show(f"$ ip route show {ANYCAST_PREFIX}   (on {router.name}, site {site})")
         show(frr.route_text(router=router))
 
 
 def run_two_sites(lab: Lab) -> None:
+    """The two-site story: locality, site A's pgpools stopped and its clients served by
+    site B, then site A back."""
     site_a = [lab.balancers[name] for name in SITE_A]
     step(
         f"Two sites: {', '.join(SITE_A)} behind the router (site A), {', '.join(SITE_B)} "

@@ -2,7 +2,7 @@
 as the last resort, for when every balancer has withdrawn.
 
 `start()` gives pg1 what docs/examples/ describe for such a host, and `stop()` takes it
-all away again (tests/lab/test_fallback.py; the other lab tests run without it, since a
+all away again (tests/lab/test_last_resort.py; the other lab tests run without it, since a
 fallback route would answer where they expect none):
 - FRR zebra + ospfd in lab-pg1, loading the OSPF part of docs/examples/frr-fallback.conf
   (the shipped file up to its BGP section, pg1's address put in for the file's own),
@@ -37,7 +37,7 @@ EXAMPLE_ADDRESS = "198.18.0.11"  # the file's own address for the host, replaced
 BGP_MARKER = "! ---- BGP"
 PG1_FRR = frr.Instance("pg1", PRIMARY)
 FALLBACK_DIR = state.LAB_DIR / "fallback"
-GUARD_RECORD = "pg1-guard"
+GUARD_RECORD = "fallback-guard"  # not under PG1_FRR's "pg1-" records
 NFT_TABLE = "pah_fallback"
 AS_POSTGRES_NET_ADMIN = [
     "setpriv", "--reuid", "postgres", "--regid", "postgres", "--init-groups",
@@ -102,8 +102,17 @@ def guard_config() -> Path:
 
 
 def start() -> None:
-    """pg1's routing daemon, its guard and the port redirect (see the module's doc)."""
+    """pg1's routing daemon, its guard and the port redirect (see the module's doc);
+    on any failure whatever was started is stopped again."""
     stop()
+    try:
+        _start()
+    except BaseException:
+        stop()
+        raise
+
+
+def _start() -> None:
     config = guard_config()
     frr.start_instance(PG1_FRR, {"zebra": "hostname lab-pg1\n", "ospfd": ospfd_conf()})
     frr.start_daemon(PG1_FRR, "zebra")
@@ -156,6 +165,7 @@ def redirect_port() -> None:
 
 
 def has_address() -> bool:
+    """Whether pg1's lo holds the anycast address (the guard announces)."""
     out = netns.ns_run(PRIMARY.netns, ["ip", "-j", "addr", "show", "dev", "lo"]).stdout
     return any(
         info.get("local") == ANYCAST
@@ -165,5 +175,6 @@ def has_address() -> bool:
 
 
 def guard_log() -> str:
+    """The end of the guard's stderr, for failure messages."""
     path = FALLBACK_DIR / "guard.log"
     return path.read_text(errors="replace")[-4000:] if path.exists() else ""

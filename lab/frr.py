@@ -52,6 +52,7 @@ class Instance:
         return state.LAB_DIR / f"frr-{self.name}"
 
     def record(self, daemon: str) -> str:
+        """Its daemon's name in the lab's state."""
         return f"{self.name}-{daemon}"
 
 
@@ -96,6 +97,7 @@ def ospf_router_conf(
 
 
 def bfdd_conf(host: Host) -> str:
+    """The routers' bfdd: the balancers' BFD numbers, under the router's own name."""
     return (TEMPLATES / "bfdd-router.conf").read_text().replace("lab-router", f"lab-{host.name}")
 
 
@@ -157,6 +159,7 @@ def start_instance(instance: Instance, configs: dict[str, str]) -> None:
 
 
 def start_router2() -> None:
+    """Site B's router, for the two-site profile only."""
     configs = router2_configs()
     start_instance(ROUTER2_FRR, configs)
     for daemon in configs:
@@ -173,6 +176,7 @@ def stop_instance(instance: Instance, daemons: tuple[str, ...] = ()) -> None:
 
 
 def is_running(instance: Instance, daemon: str) -> bool:
+    """Whether the lab's state records `daemon` of `instance` alive."""
     wanted = instance.record(daemon)
     return any(p.name == wanted and state.is_alive(p) for p in state.load().processes)
 
@@ -192,6 +196,8 @@ def switch_router(profile: Profile) -> None:
 
 
 def start_daemon(instance: Instance, daemon: str) -> None:
+    """One FRR daemon of an instance in its namespace, every path in its directory,
+    recorded by PID; zebra is waited for (bounded) until its zserv socket exists."""
     directory = instance.directory
     zserv = directory / "zserv.api"
     extra = ["--bfdctl", str(directory / "bfdd.sock")] if daemon == "bfdd" else []
@@ -286,6 +292,22 @@ def bgp_sessions() -> dict[str, str]:
         peers = summary.get("peers", {}) if isinstance(summary, dict) else {}
         found.update({address: str(peer.get("state")) for address, peer in peers.items()})
     return found
+
+
+OSPF_MAX_AGE = 3600  # seconds: an LSA this old is a withdrawal still being flooded
+
+
+def external_lsas(address: str) -> dict[str, int]:
+    """The router's live AS-external LSAs for an address: advertising router -> metric.
+    A withdrawn one stays in the database at MaxAge for a while; it is left out."""
+    database = vtysh_json(f"show ip ospf database external {address} json")
+    if not isinstance(database, dict):
+        raise RuntimeError(f"vtysh: not an object: {database!r}")
+    return {
+        str(lsa["advertisingRouter"]): int(lsa["metric"])
+        for lsa in database.get("asExternalLinkStates", [])
+        if int(lsa.get("lsaAge", 0)) < OSPF_MAX_AGE
+    }
 
 
 def bfd_sessions(instance: Instance = ROUTER_FRR) -> dict[str, str]:

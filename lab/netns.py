@@ -68,7 +68,7 @@ def exists(netns: str) -> bool:
 
 
 def create_all() -> None:
-    """All namespaces, the two bridges, every veth, address and sysctl of the plan."""
+    """All namespaces, the three bridges, every veth, address and sysctl of the plan."""
     for name in ALL_NETNS:
         if not exists(name):
             run(["ip", "netns", "add", name])

@@ -54,10 +54,12 @@ class Profile(enum.Enum):
 
     @property
     def uses_ospf(self) -> bool:
+        """Whether the balancers and routers speak OSPF (ospf and two-site)."""
         return self is not Profile.BGP
 
     @property
     def two_sites(self) -> bool:
+        """Whether router2 and site B are in use."""
         return self is Profile.TWO_SITE
 
     @property

@@ -46,8 +46,8 @@ class LabState:
     processes: list[ProcessRecord] = field(default_factory=list)
     containers: list[ContainerRecord] = field(default_factory=list)
     wiring: str = "guard"
-    # "ospf" or "bgp" (lab/profiles.py); "" in a state written before the profiles, whose
-    # lab has no IPv6 and is not reused.
+    # "ospf", "bgp" or "two-site" (lab/profiles.py); "" in a state written before the
+    # profiles, whose lab has no IPv6 and is not reused.
     profile: str = ""
     ready: bool = False
 

@@ -50,7 +50,7 @@ class Lab:
 
     def all_next_hops(self) -> set[str]:
         """The router's next hops when all balancers announce: every balancer's address
-        on br1, or only site A's in the two-site profile."""
+        on br1, or only site A's in the two-site profile (site B's: site_b_next_hops)."""
         return {
             b.host.ospf_ip
             for b in self.balancers.values()
@@ -146,19 +146,23 @@ class Lab:
         self.converge()
 
     def set_profile(self, profile: Profile) -> None:
-        """Switch the routing daemons of the router and every balancer to `profile`, in
-        the running containers (pgpool and the guard go on), then converge."""
+        """Switch the routing daemons of the router (router2 too, for two-site) and of
+        each balancer whose routing differs to `profile`, in the running containers
+        (pgpool and the guard go on), then converge."""
         say(f"switching the routing profile from {self.profile.value} to {profile.value}")
         started = time.monotonic()
+        with state.updating() as current:
+            current.ready = False  # a switch that fails half way: rebuilt, not reused
         frr.switch_router(profile)
         changed = [
             b for b in self.balancers.values() if profiles.differs(b.host, self.profile, profile)
         ]
         run_parallel([partial(b.set_profile, profile) for b in changed])
         self.profile = profile
+        self.converge()
         with state.updating() as current:
             current.profile = profile.value
-        self.converge()
+            current.ready = True
         say(f"routing profile {profile.value} converged in {time.monotonic() - started:.1f}s")
 
 

@@ -38,26 +38,16 @@ FALLBACK_BOUND = 15.0
 RETURN_BOUND = 30.0
 
 
-def external_routes() -> dict[str, int]:
-    """The router's AS-external LSAs for the anycast address: advertising router, metric."""
-    database = frr.vtysh_json(f"show ip ospf database external {ANYCAST} json")
-    assert isinstance(database, dict), database
-    return {
-        str(lsa["advertisingRouter"]): int(lsa["metric"])
-        for lsa in database.get("asExternalLinkStates", [])
-    }
-
-
 @pytest.fixture
 def last_resort(ospf_lab: Lab) -> Iterator[Lab]:
     """The OSPF lab with pg1's fallback running; afterwards every pgpool started again,
     the fallback stopped and the router back on the three balancers."""
-    fallback.start()
     try:
+        fallback.start()
         wait_until("pg1's guard announcing", fallback.has_address, ANNOUNCED_BOUND, 0.1)
         wait_until(
             "pg1's fallback route in the router's OSPF database",
-            lambda: external_routes().get(PRIMARY.base_ip) == FALLBACK_METRIC,
+            lambda: frr.external_lsas(ANYCAST).get(PRIMARY.base_ip) == FALLBACK_METRIC,
             ANNOUNCED_BOUND,
             0.2,
         )
@@ -75,7 +65,7 @@ def test_the_primary_answers_only_when_every_balancer_is_gone(
     lab = last_resort
     bals = list(lab.balancers.values())
     assert fallback.has_address(), fallback.guard_log()
-    routes = external_routes()
+    routes = frr.external_lsas(ANYCAST)
     report("router_external_routes", routes)
     assert routes == {PRIMARY.base_ip: FALLBACK_METRIC} | {
         b.host.ospf_ip: BALANCER_METRIC for b in bals
@@ -107,5 +97,5 @@ def test_the_primary_answers_only_when_every_balancer_is_gone(
     assert not returned.failures, returned.errors()
     assert set(returned.by_balancer()) == {back.name}
     assert set(frr.next_hops()) == {back.host.ospf_ip}
-    assert external_routes().get(PRIMARY.base_ip) == FALLBACK_METRIC  # still the backup
+    assert frr.external_lsas(ANYCAST).get(PRIMARY.base_ip) == FALLBACK_METRIC  # still the backup
     assert fallback.has_address()

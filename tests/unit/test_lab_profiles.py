@@ -148,3 +148,18 @@ def test_router_configurations_parse(tmp_path: Path) -> None:
             timeout=CHECK_TIMEOUT,
         )
         assert proc.returncode == 0, (daemon, proc.stdout + proc.stderr, text)
+
+
+def test_only_site_b_switches_between_ospf_and_two_site() -> None:
+    """A switch between ospf and two-site restarts bal3's routing daemon only; to or from
+    bgp, every balancer's."""
+    changed = {
+        (old, new): {h.name for h in BALANCERS if profiles.differs(h, old, new)}
+        for old in Profile
+        for new in Profile
+    }
+    assert changed[Profile.OSPF, Profile.TWO_SITE] == {"bal3"}
+    assert changed[Profile.TWO_SITE, Profile.OSPF] == {"bal3"}
+    assert changed[Profile.OSPF, Profile.BGP] == {"bal1", "bal2", "bal3"}
+    assert changed[Profile.TWO_SITE, Profile.BGP] == {"bal1", "bal2", "bal3"}
+    assert all(not changed[p, p] for p in Profile)
