@@ -24,9 +24,7 @@ import json
 import os
 import pwd
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 from lab import frr, netns, postgres, state
@@ -35,7 +33,7 @@ from lab.hosts import ANYCAST, ANYCAST_PREFIX, PGPOOL_PORT, POSTGRES_PORT, PRIMA
 EXAMPLE = Path(__file__).resolve().parent.parent / "docs/examples/frr-fallback.conf"
 EXAMPLE_ADDRESS = "198.18.0.11"  # the file's own address for the host, replaced by pg1's
 BGP_MARKER = "! ---- BGP"
-PG1_FRR = frr.Instance("pg1", PRIMARY)
+PG1_FRR = frr.PG1_FRR
 FALLBACK_DIR = state.LAB_DIR / "fallback"
 GUARD_RECORD = "fallback-guard"  # not under PG1_FRR's "pg1-" records
 NFT_TABLE = "pah_fallback"
@@ -118,26 +116,13 @@ def _start() -> None:
     frr.start_daemon(PG1_FRR, "zebra")
     frr.start_daemon(PG1_FRR, "ospfd")
     redirect_port()
-    log = (FALLBACK_DIR / "guard.log").open("ab")
     argv = [*AS_POSTGRES_NET_ADMIN, hook_program(), "--config", str(config), "guard"]
-    proc = subprocess.Popen(
-        netns.in_ns(PRIMARY.netns, argv),
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=log,
-        start_new_session=True,
-    )
-    log.close()
-    time.sleep(0.1)
-    state.record_process(GUARD_RECORD, proc.pid)
+    netns.start_recorded(GUARD_RECORD, PRIMARY.netns, argv, FALLBACK_DIR / "guard.log")
 
 
 def stop() -> None:
     """The guard (it withdraws on SIGTERM), pg1's FRR, the redirect; bounded, idempotent."""
-    for record in state.load().processes:
-        if record.name == GUARD_RECORD:
-            state.stop_process(record)
-    state.forget_process(GUARD_RECORD)
+    state.stop_matching(lambda name: name == GUARD_RECORD)
     frr.stop_instance(PG1_FRR)
     netns.ns_run(PRIMARY.netns, ["nft", "delete", "table", "ip", NFT_TABLE], check=False)
     # A guard ended before it could withdraw leaves a leased address: remove it now.
@@ -146,8 +131,7 @@ def stop() -> None:
 
 def is_running() -> bool:
     """Whether any part of the fallback is recorded in the lab's state."""
-    names = {GUARD_RECORD, *(PG1_FRR.record(d) for d in ("zebra", "ospfd"))}
-    return any(p.name in names for p in state.load().processes)
+    return any(p.name == GUARD_RECORD or PG1_FRR.owns(p.name) for p in state.load().processes)
 
 
 def redirect_port() -> None:
@@ -166,12 +150,7 @@ def redirect_port() -> None:
 
 def has_address() -> bool:
     """Whether pg1's lo holds the anycast address (the guard announces)."""
-    out = netns.ns_run(PRIMARY.netns, ["ip", "-j", "addr", "show", "dev", "lo"]).stdout
-    return any(
-        info.get("local") == ANYCAST
-        for link in json.loads(out or "[]")
-        for info in link.get("addr_info", [])
-    )
+    return ANYCAST_PREFIX in netns.addresses(PRIMARY.netns, "lo")
 
 
 def guard_log() -> str:

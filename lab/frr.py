@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from lab.hosts import (
     CLIENT_NET,
     CLIENT_NET6,
     OSPF_NET,
+    PRIMARY,
     ROUTER,
     ROUTER2,
     SITE_B_NET,
@@ -55,11 +55,16 @@ class Instance:
         """Its daemon's name in the lab's state."""
         return f"{self.name}-{daemon}"
 
+    def owns(self, record: str) -> bool:
+        """Whether a name in the lab's state is one of its daemons'."""
+        return record.startswith(f"{self.name}-")
+
 
 ROUTER_FRR = Instance("router", ROUTER)
 ROUTER2_FRR = Instance("router2", ROUTER2)
+PG1_FRR = Instance("pg1", PRIMARY)  # the last resort's (lab/fallback.py)
 ROUTER_DIR = ROUTER_FRR.directory
-INSTANCES = (ROUTER_FRR, ROUTER2_FRR)
+INSTANCES = (ROUTER_FRR, ROUTER2_FRR, PG1_FRR)
 
 
 # The router's side of br0, the backends' network: OSPF there meets only the PostgreSQL
@@ -168,11 +173,8 @@ def start_router2() -> None:
 
 def stop_instance(instance: Instance, daemons: tuple[str, ...] = ()) -> None:
     """Stop an instance's daemons by recorded PID (all of them unless told), and forget them."""
-    names = {instance.record(d) for d in daemons} if daemons else None
-    for record in state.load().processes:
-        if record.name.startswith(f"{instance.name}-") and (names is None or record.name in names):
-            state.stop_process(record)
-            state.forget_process(record.name)
+    names = {instance.record(d) for d in daemons}
+    state.stop_matching(lambda name: instance.owns(name) and (not names or name in names))
 
 
 def is_running(instance: Instance, daemon: str) -> bool:
@@ -208,17 +210,7 @@ def start_daemon(instance: Instance, daemon: str) -> None:
         "--vty_socket", str(directory), "-P", "0", "-u", "frr", "-g", "frr",
         "--log", f"file:{log_path}",
     ]  # fmt: skip
-    log = log_path.open("ab")
-    proc = subprocess.Popen(
-        netns.in_ns(instance.host.netns, argv),
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=log,
-        start_new_session=True,
-    )
-    log.close()
-    time.sleep(0.05)
-    state.record_process(instance.record(daemon), proc.pid)
+    netns.start_recorded(instance.record(daemon), instance.host.netns, argv, log_path)
     if daemon == "zebra":
         wait_for(zserv.exists, 10.0, f"{instance.name}'s zebra zserv socket")
 

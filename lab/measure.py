@@ -229,7 +229,7 @@ class PlannedStop:
         """Failures of connections under way at `instant`, such as a change of the
         router's next hops, which moves some flows to another balancer (ECMP rehash).
         For a change the watcher saw at `instant`, from the poll before it on."""
-        spans = [(since, at) for since, at in self.regroupings if at == instant]
+        spans = [(since, at) for since, at in self.regroupings if since <= instant <= at]
         return failed_during(self.result.failures, spans or [(instant, instant)])
 
     def failed_at_regroupings(self) -> list[Attempt]:

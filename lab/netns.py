@@ -4,8 +4,10 @@ veth pairs are created with both ends placed directly in lab namespaces."""
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
+from lab import state
 from lab.hosts import (
     ALL_HOSTS,
     ALL_NETNS,
@@ -27,6 +29,7 @@ from lab.hosts import (
     SWITCH_NS,
     Host,
 )
+from testbed.container import addresses_from_json
 
 NETNS_DIR = Path("/run/netns")
 COMMAND_TIMEOUT = 60.0
@@ -189,6 +192,27 @@ def delete_all() -> None:
     for name in ALL_NETNS:
         if exists(name):
             run(["ip", "netns", "del", name], check=False)
+
+
+def start_recorded(name: str, netns_name: str, argv: list[str], log_path: Path) -> None:
+    """Start a daemon inside a namespace, in a session of its own, its output appended to
+    `log_path`, and record it in the lab's state as `name` (`down` ends it by PID)."""
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            in_ns(netns_name, argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+    time.sleep(0.05)  # one that fails at once is reported by record_process
+    state.record_process(name, proc.pid)
+
+
+def addresses(netns_name: str, ifname: str = "lo") -> list[str]:
+    """Addresses on `ifname` in a lab namespace, as "address/prefixlen" strings."""
+    out = ns_run(netns_name, ["ip", "-j", "addr", "show", "dev", ifname]).stdout
+    return addresses_from_json(out)
 
 
 def run_background(netns_name: str, argv: list[str]) -> subprocess.Popen[str]:

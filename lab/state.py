@@ -13,7 +13,7 @@ import os
 import signal
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -123,6 +123,15 @@ def record_process(name: str, pid: int) -> None:
 def forget_process(name: str) -> None:
     with updating() as state:
         state.processes = [p for p in state.processes if p.name != name]
+
+
+def stop_matching(wanted: Callable[[str], bool]) -> None:
+    """Stop every recorded process whose name `wanted` accepts (by PID, stop_process),
+    and forget it."""
+    for record in load().processes:
+        if wanted(record.name):
+            stop_process(record)
+            forget_process(record.name)
 
 
 def is_alive(record: ProcessRecord) -> bool:

@@ -264,8 +264,11 @@ def down(quiet: bool = False) -> None:
     for host in BALANCERS:  # containers a failed `up` had not recorded yet
         balancers.remove_leftovers(host.netns)
     netns.delete_all()
-    directories = (postgres.PG_DIR, fallback.FALLBACK_DIR, fallback.PG1_FRR.directory)
-    for directory in (*directories, *(i.directory for i in frr.INSTANCES)):
+    for directory in (
+        postgres.PG_DIR,
+        fallback.FALLBACK_DIR,
+        *(i.directory for i in frr.INSTANCES),
+    ):
         shutil.rmtree(directory, ignore_errors=True)
     state.STATE_FILE.unlink(missing_ok=True)
 

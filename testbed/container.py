@@ -48,6 +48,12 @@ INSIDE_ENV = {
 }
 
 
+def addresses_from_json(text: str) -> list[str]:
+    """`ip -j addr show` output as "address/prefixlen" strings."""
+    links = json.loads(text or "[]")
+    return [f"{a['local']}/{a['prefixlen']}" for link in links for a in link.get("addr_info", [])]
+
+
 class ContainerError(RuntimeError):
     """The container did not boot, or did not stop, within its bound."""
 
@@ -348,11 +354,7 @@ class Container:
 
     def addresses(self, ifname: str = "lo") -> list[str]:
         """Addresses on `ifname` inside, as "address/prefixlen" strings."""
-        out = self.run(["ip", "-j", "addr", "show", "dev", ifname]).stdout
-        links = json.loads(out or "[]")
-        return [
-            f"{a['local']}/{a['prefixlen']}" for link in links for a in link.get("addr_info", [])
-        ]
+        return addresses_from_json(self.run(["ip", "-j", "addr", "show", "dev", ifname]).stdout)
 
     # -- internals ---------------------------------------------------------------
 
